@@ -1,0 +1,146 @@
+"""The model directory: what training writes and evaluation/export read.
+
+  MODEL_DIR/config.json        model kwargs, class names, preprocessing, dataset
+  MODEL_DIR/mean_image.npy     optional per-pixel mean (when config says so)
+  MODEL_DIR/checkpoints/ckpt-N tf.train.Checkpoint(model=..., optimizer=..., ...)
+
+`config.json` makes the directory self-describing, so `evaluate.py` and the
+exporter need no model flags: `restore_model(model_dir)` rebuilds the exact
+architecture and loads the latest (or a given) checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from alexnet_tf.errors import UserError
+from alexnet_tf.model import AlexNet
+
+CONFIG_FILE = "config.json"
+MEAN_IMAGE_FILE = "mean_image.npy"
+CHECKPOINT_SUBDIR = "checkpoints"
+# Model kwargs that define the architecture (and so must match a checkpoint).
+ARCHITECTURE_KEYS = ("classes", "towers", "activation", "lrn", "lrn_scope", "pooling_mode",
+                     "image_size")
+
+
+def default_model_config(**overrides: Any) -> dict[str, Any]:
+  """The model section of config.json: `AlexNet` kwargs plus `image_size`."""
+  config = dict(classes=1000, towers=2, activation="relu", lrn="paper", lrn_scope="tower",
+                lrn_implementation="primitive", pooling_mode="overlapping", dropout=0.5,
+                initialization="paper", mean="imagenet", image_size=227)
+  config.update(overrides)
+  return config
+
+
+def build_model(model_config: dict[str, Any], model_dir: str | None = None,
+                **overrides: Any) -> keras.Model:
+  """Builds `AlexNet` from a config.json model section.
+
+  Args:
+    model_config: as written by training (see `default_model_config`).
+    model_dir: where to find `mean_image.npy` if the config's mean is "mean_image".
+    **overrides: extra `AlexNet` kwargs (e.g. `classifier_activation=None`, `seed`).
+  """
+  kwargs = dict(model_config)
+  size = int(kwargs.pop("image_size", 227))
+  if kwargs.get("mean") == "mean_image":
+    if model_dir is None:
+      raise UserError("this model subtracts a mean image; pass its model dir.")
+    kwargs["mean"] = np.load(os.path.join(model_dir, MEAN_IMAGE_FILE))
+  kwargs.update(overrides)
+  return AlexNet(input_shape=(size, size, 3), **kwargs)
+
+
+def config_path(model_dir: str) -> str:
+  return os.path.join(model_dir, CONFIG_FILE)
+
+
+def checkpoint_dir(model_dir: str) -> str:
+  return os.path.join(model_dir, CHECKPOINT_SUBDIR)
+
+
+def write_config(model_dir: str, config: dict[str, Any]) -> None:
+  """Writes config.json atomically (a crash never leaves half a file)."""
+  os.makedirs(model_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".config.", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, config_path(model_dir))
+
+
+def read_config(model_dir: str) -> dict[str, Any]:
+  """Reads config.json; UserError if the directory or file is missing or invalid."""
+  if not os.path.isdir(model_dir):
+    raise UserError(f"--model_dir {model_dir!r} does not exist.")
+  path = config_path(model_dir)
+  if not os.path.isfile(path):
+    raise UserError(f"--model_dir {model_dir!r} has no {CONFIG_FILE}; it is not a model "
+                    "directory written by train.py.")
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} is not valid JSON ({e}).") from e
+  if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+    raise UserError(f"{path} has no 'model' section; it was not written by train.py.")
+  return config
+
+
+def latest_checkpoint(model_dir: str) -> str | None:
+  """Path prefix of the newest checkpoint in MODEL_DIR/checkpoints, or None."""
+  return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+
+
+def restore_model(model_dir: str, checkpoint: str | None = None,
+                  **overrides: Any) -> tuple[keras.Model, dict[str, Any]]:
+  """Rebuilds the model of `model_dir` and loads a checkpoint's weights.
+
+  Args:
+    model_dir: a directory written by train.py.
+    checkpoint: a checkpoint path prefix (e.g. MODEL_DIR/checkpoints/ckpt-12);
+      the latest in `model_dir` if None.
+    **overrides: extra `AlexNet` kwargs.
+
+  Returns:
+    (model, config).
+
+  Raises:
+    UserError: no config, no checkpoint, or a checkpoint of another architecture.
+  """
+  config = read_config(model_dir)
+  if checkpoint is None:
+    checkpoint = latest_checkpoint(model_dir)
+    if checkpoint is None:
+      raise UserError(f"--model_dir {model_dir!r} has no checkpoint in "
+                      f"{checkpoint_dir(model_dir)}; train first or pass --checkpoint.")
+  model = build_model(config["model"], model_dir, **overrides)
+  load_checkpoint_weights(model, checkpoint)
+  return model, config
+
+
+def load_checkpoint_weights(model: keras.Model, checkpoint: str) -> None:
+  """Loads only the model's weights from a training checkpoint; UserError on mismatch."""
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise UserError(f"checkpoint {checkpoint!r} does not exist (no {checkpoint}.index).")
+  try:
+    tf.train.load_checkpoint(checkpoint)
+  except (tf.errors.OpError, ValueError) as e:
+    raise UserError(f"checkpoint {checkpoint!r} cannot be read: {e}") from e
+  status = tf.train.Checkpoint(model=model).read(checkpoint)
+  try:
+    status.expect_partial().assert_existing_objects_matched()
+  except AssertionError as e:
+    raise UserError(f"checkpoint {checkpoint!r} is not a checkpoint of this model "
+                    f"({model.count_params():,} parameters).") from e
+  except (ValueError, tf.errors.OpError) as e:
+    raise UserError(f"checkpoint {checkpoint!r} does not match this model: "
+                    f"{str(e).splitlines()[0][:300]}") from e
