@@ -19,6 +19,7 @@ setuptools.setup(
         "keras>=3.6,<4",
         "tensorflow-datasets>=4.9",
         "absl-py>=1.0",
+        "tensorboard",  # tf.summary needs it; TF 2.21 no longer depends on it.
         "numpy",
         "pillow",
         # TFDS builders (ImageFolder, download_and_prepare) import these offline.

@@ -3,6 +3,7 @@
 * `LocalResponseNormalization`: the paper's LRN (section 3.3), registered and
   serialisable (a `Lambda` around `tf.nn.local_response_normalization` does not
   reload in Keras 3), with an optional cross-tower scope for Caffe's weights.
+* `ReplicaDropout`: dropout whose mask differs between tf.distribute replicas.
 * `MeanSubtraction`: subtracts the training-set mean (per channel or a mean
   image) inside the model, so a served model takes raw 0..255 RGB pixels.
 """
@@ -230,3 +231,27 @@ class MeanSubtraction(keras.layers.Layer):
     config.pop("dtype", None)
     config.update(mean=self.mean, mean_image_shape=self.mean_image_shape)
     return config
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class ReplicaDropout(keras.layers.Dropout):
+  """`keras.layers.Dropout` that draws an independent mask on every replica.
+
+  Under a tf.distribute strategy Keras 3's Dropout draws its seed from one
+  mirrored seed state, so every replica drops the same units (PITFALLS). This
+  layer folds the replica's global id (unique across workers too) into the
+  seed. Without a strategy it behaves exactly like `keras.layers.Dropout`.
+  Same arguments as `keras.layers.Dropout`.
+  """
+
+  def call(self, inputs, training=False):
+    if not training or self.rate <= 0:
+      return inputs
+    seed = tf.cast(self.seed_generator.next(), tf.int32)
+    context = tf.distribute.get_replica_context()
+    replica = context.replica_id_in_sync_group if context is not None else 0
+    seed = seed + tf.stack([0, tf.cast(replica, tf.int32) * 1_000_003])
+    shape = tf.shape(inputs) if self.noise_shape is None else self.noise_shape
+    keep = tf.random.stateless_uniform(shape, seed=seed) >= self.rate
+    scaled = inputs / tf.cast(1.0 - self.rate, inputs.dtype)
+    return tf.where(keep, scaled, tf.zeros_like(inputs))

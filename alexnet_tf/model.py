@@ -21,7 +21,7 @@ import numpy as np
 import keras
 from keras import layers
 
-from alexnet_tf.layers import LocalResponseNormalization, MeanSubtraction
+from alexnet_tf.layers import LocalResponseNormalization, MeanSubtraction, ReplicaDropout
 
 # The common per-channel ImageNet RGB mean (0..255), SPEC §1.4.
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
@@ -252,7 +252,7 @@ def AlexNet(include_top: bool = True,
     for layer in ("fc6", "fc7"):
       t = [dense(x, layer, tw) for tw in tower_names]
       if dropout > 0:
-        t = [layers.Dropout(dropout, name=tname(f"drop{layer[2:]}", tw))(ti)
+        t = [ReplicaDropout(dropout, name=tname(f"drop{layer[2:]}", tw))(ti)
              for ti, tw in zip(t, tower_names)]
       x = merge(t, f"{layer}_output")
     kernel_init, bias_init = _initializers(initialization, "fc8", seed, "fc8")

@@ -1,0 +1,516 @@
+"""Dataset sources: a name + split → encoded image bytes and labels, sharded for an input context.
+
+`load_source(dataset, split, data_dir, manual_dir)` returns a `DatasetSource` whose
+`records(input_context)` yields dicts {"image": tf.string (encoded JPEG/PNG/...),
+"label": tf.int64 scalar, "filename": tf.string} — the same element spec for every kind of
+source. Decoding is left to `alexnet_tf.preprocessing` (one fused decode + crop).
+
+Kinds of `dataset`:
+- Any TFDS name (`imagenet2012`, `imagenette`, `tf_flowers`, ...): `data_dir` is the TFDS data
+  dir, `manual_dir` the folder of manually downloaded archives (imagenet2012 needs
+  `ILSVRC2012_img_train.tar` and `ILSVRC2012_img_val.tar` there; default
+  DATA_DIR/downloads/manual). The dataset is prepared on first use. Images are read as bytes
+  (`tfds.decode.SkipDecoding`). Split `validation` falls back to TFDS's `test` split when there
+  is no `validation`; a dataset with only a `train` split (tf_flowers) is split 90%/10%
+  (`train[:90%]` / `train[90%:]`). "filename" is the dataset's `file_name` feature when it has
+  one, else the TFDS record id.
+- `folder`: `data_dir=ROOT` with ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif} (the TFDS
+  ImageFolder layout). Split `validation` also accepts folders named `val` or `test`. Class names
+  are the sorted folder names of ROOT/train (of the split itself when there is no train folder);
+  label = index in that list. Files with other extensions are ignored.
+- `tfrecord`: `data_dir` is a directory or a glob of TFRecord files of `tf.train.Example`s with
+  `image/encoded` (bytes) and `image/class/label` (int64, 0-based), optionally `image/filename`
+  (the ImageNet convention of the TF Model Garden / TF-Slim). For a directory, the files of a
+  split are DIR/<split>-* or DIR/<split>.* or DIR/<split>/* (validation: also `val`, `test`). A
+  glob may contain `{split}`, which is replaced by the split name; a glob without it is used for
+  any split. Class names come from an optional `labels.txt` next to the files (one name per
+  line, line i = label i). Record counts come from `metadata.json` next to the files (written by
+  `python -m alexnet_tf.tools.make_tfrecords`) or, without it, from one pass over the labels.
+- `shapes`: the built-in generated dataset (`alexnet_tf.shapes`); `data_dir` is its cache folder
+  (default $ALEXNET_TF_CACHE/shapes or ~/.cache/alexnet_tf/shapes), generated on first use
+  (3000 train / 600 validation images, 6 classes); a complete shapes dataset of another size
+  already in data_dir (`shapes.generate(dir, num_train, num_validation)`) is used as is.
+
+Sharding: `records(input_context)` returns only this input pipeline's part, and the parts of all
+pipelines cover every record exactly once. Folder and in-memory sources shard the list of files;
+TFRecord sources shard by file when there are at least as many files as pipelines, else by
+record; TFDS sources use `tfds.even_splits`. All of them work with a single file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as _glob
+import json
+import os
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from alexnet_tf import shapes as _shapes
+from alexnet_tf.errors import UserError
+
+SPLITS = ("train", "validation")
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "test")}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+LABELS_FILE = "labels.txt"
+METADATA_FILE = "metadata.json"
+BUILTIN = ("folder", "tfrecord", "shapes")
+
+_AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _element_spec_dict(image, label, filename) -> dict:
+  return {"image": image, "label": tf.cast(label, tf.int64), "filename": filename}
+
+
+@dataclasses.dataclass
+class DatasetSource:
+  """One split of a dataset: metadata known up front, plus `records()`.
+
+  Attributes:
+    name: the --dataset value (`folder`, `tfrecord`, `shapes`, or the TFDS name).
+    split: `train` or `validation` (TFDS sources may also use TFDS split syntax).
+    num_examples: exact number of records of the split (all shards together).
+    num_classes: number of classes.
+    class_names: class names in label order, or None when unknown.
+    records_fn: for custom sources, a function input_context → dataset of records; the
+      built-in kinds are subclasses that override `records` instead.
+  """
+  name: str
+  split: str
+  num_examples: int
+  num_classes: int
+  class_names: list[str] | None
+  records_fn: Callable[[tf.distribute.InputContext | None], tf.data.Dataset] | None = (
+      dataclasses.field(default=None, repr=False, compare=False))
+
+  # Whether `records(shuffle=True)` already shuffles all records (not only file order), so the
+  # training pipeline needs no shuffle buffer.
+  shuffles_records = False
+
+  def records(self, input_context: tf.distribute.InputContext | None = None, *,
+              shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
+    """Records {"image", "label", "filename"} of this input pipeline's shard.
+
+    Args:
+      input_context: from `distribute_datasets_from_function`; None = all records.
+      shuffle: shuffle what the source can shuffle cheaply (the list of files, or of all
+        records for folder sources), reshuffled on each iteration (epoch). The training
+        pipeline adds a shuffle buffer on top where needed.
+      seed: seed of that shuffle (None: random).
+    """
+    if self.records_fn is None:
+      raise NotImplementedError("DatasetSource needs records_fn or a subclass")
+    del shuffle, seed
+    return self.records_fn(input_context)
+
+  def shard_num_examples(self, input_context: tf.distribute.InputContext | None = None) -> int:
+    """Number of records in this input pipeline's shard (an upper bound for TFRecord sources
+    sharded by file with uneven files)."""
+    if input_context is None or input_context.num_input_pipelines == 1:
+      return self.num_examples
+    n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+    return len(range(i, self.num_examples, n))
+
+
+def _shard(input_context: tf.distribute.InputContext | None) -> tuple[int, int]:
+  if input_context is None:
+    return 1, 0
+  return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+@dataclasses.dataclass
+class FileListSource(DatasetSource):
+  """Records read from a list of image files (folder, shapes)."""
+  files: list[str] = dataclasses.field(default_factory=list, repr=False)
+  labels: list[int] = dataclasses.field(default_factory=list, repr=False)
+
+  shuffles_records = True
+
+  def records(self, input_context=None, *, shuffle=False, seed=None):
+    n, i = _shard(input_context)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(self.files, tf.string), tf.constant(self.labels, tf.int64)))
+    if n > 1:
+      ds = ds.shard(n, i)
+    if shuffle:
+      ds = ds.shuffle(len(self.files) // n + 1, seed=seed, reshuffle_each_iteration=True)
+    return ds.map(lambda f, y: _element_spec_dict(tf.io.read_file(f), y, f),
+                  num_parallel_calls=_AUTOTUNE, deterministic=True)
+
+
+@dataclasses.dataclass
+class InMemorySource(DatasetSource):
+  """Records from encoded images held in memory (tests, small custom data)."""
+  images: list[bytes] = dataclasses.field(default_factory=list, repr=False)
+  labels: list[int] = dataclasses.field(default_factory=list, repr=False)
+
+  shuffles_records = True
+
+  def records(self, input_context=None, *, shuffle=False, seed=None):
+    n, i = _shard(input_context)
+    names = [f"{self.name}:{k}" for k in range(len(self.images))]
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(self.images, tf.string), tf.constant(self.labels, tf.int64),
+         tf.constant(names, tf.string)))
+    if n > 1:
+      ds = ds.shard(n, i)
+    if shuffle:
+      ds = ds.shuffle(len(self.images) // n + 1, seed=seed, reshuffle_each_iteration=True)
+    return ds.map(_element_spec_dict)
+
+
+def in_memory_source(images: Sequence[bytes], labels: Sequence[int],
+                     class_names: Sequence[str] | None = None, *, name: str = "memory",
+                     split: str = "train", num_classes: int | None = None) -> InMemorySource:
+  """A source over encoded images in memory (for tests and small experiments)."""
+  if len(images) != len(labels):
+    raise UserError(f"{len(images)} images but {len(labels)} labels")
+  if not images:
+    raise UserError(f"dataset {name} split {split} is empty")
+  if num_classes is None:
+    num_classes = len(class_names) if class_names else int(max(labels)) + 1
+  return InMemorySource(name=name, split=split, num_examples=len(images),
+                        num_classes=num_classes,
+                        class_names=list(class_names) if class_names else None,
+                        images=list(images), labels=[int(y) for y in labels])
+
+
+@dataclasses.dataclass
+class TFRecordSource(DatasetSource):
+  """Records from TFRecord files of tf.train.Example (ImageNet convention)."""
+  files: list[str] = dataclasses.field(default_factory=list, repr=False)
+  file_counts: list[int] | None = dataclasses.field(default=None, repr=False)
+
+  def _by_file(self, n: int) -> bool:
+    return len(self.files) >= n
+
+  def records(self, input_context=None, *, shuffle=False, seed=None):
+    n, i = _shard(input_context)
+    by_file = n > 1 and self._by_file(n)
+    files = tf.data.Dataset.from_tensor_slices(tf.constant(self.files, tf.string))
+    if by_file:
+      files = files.shard(n, i)
+    # Record sharding needs the same record order in every pipeline: shuffle files only with
+    # a fixed seed then.
+    if shuffle and (by_file or n == 1 or seed is not None):
+      files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
+    deterministic = not (shuffle and n == 1) or (n > 1 and not by_file)
+
+    def _read(path):
+      return tf.data.TFRecordDataset(path).enumerate().map(
+          lambda k, r: (r, tf.strings.join([path, tf.strings.as_string(k)], separator=":")))
+
+    ds = files.interleave(_read, cycle_length=min(len(self.files), 16),
+                          num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+    if n > 1 and not by_file:
+      ds = ds.shard(n, i)
+    return ds.map(_parse_example, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+
+  def shard_num_examples(self, input_context=None):
+    n, i = _shard(input_context)
+    if n > 1 and self._by_file(n) and self.file_counts is not None:
+      return sum(self.file_counts[i::n])
+    return super().shard_num_examples(input_context)
+
+
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def _parse_example(record: tf.Tensor, where: tf.Tensor) -> dict:
+  ex = tf.io.parse_single_example(record, _FEATURES)
+  name = tf.where(tf.strings.length(ex["image/filename"]) > 0, ex["image/filename"], where)
+  return _element_spec_dict(ex["image/encoded"], ex["image/class/label"], name)
+
+
+@dataclasses.dataclass
+class TFDSSource(DatasetSource):
+  """Records of a prepared TFDS dataset, images as encoded bytes."""
+  builder: object = dataclasses.field(default=None, repr=False)
+  tfds_split: str = ""
+  image_key: str = "image"
+  label_key: str = "label"
+
+  def records(self, input_context=None, *, shuffle=False, seed=None):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    n, i = _shard(input_context)
+    split = self.tfds_split
+    if n > 1:
+      split = tfds.even_splits(split, n)[i]
+    read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed,
+                                  shuffle_reshuffle_each_iteration=True)
+    ds = self.builder.as_dataset(split=split, shuffle_files=shuffle, read_config=read_config,
+                                 decoders={self.image_key: tfds.decode.SkipDecoding()})
+    has_name = "file_name" in self.builder.info.features
+
+    def _to_record(ex):
+      name = ex["file_name"] if has_name else ex["tfds_id"]
+      return _element_spec_dict(ex[self.image_key], ex[self.label_key], name)
+
+    return ds.map(_to_record, num_parallel_calls=_AUTOTUNE, deterministic=not shuffle)
+
+  def shard_num_examples(self, input_context=None):
+    n, i = _shard(input_context)
+    if n == 1:
+      return self.num_examples
+    # tfds.even_splits gives the first (N % n) shards one extra example.
+    return self.num_examples // n + (1 if i < self.num_examples % n else 0)
+
+
+def load_source(dataset: str, split: str, data_dir: str | None = None,
+                manual_dir: str | None = None) -> DatasetSource:
+  """The source for --dataset / --data_dir / --manual_dir and a split (see the module docstring).
+
+  Raises:
+    UserError: unknown dataset, missing folder or files, empty split, a label folder without
+      images, missing imagenet2012 archives.
+  """
+  if not dataset:
+    raise UserError("--dataset is empty: use shapes, folder, tfrecord or a TFDS dataset name")
+  if dataset == "shapes":
+    root = _shapes.ensure(data_dir or None)
+    source = load_folder(root, split)
+    source.name = "shapes"
+    return source
+  if dataset == "folder":
+    if not data_dir:
+      raise UserError("--dataset=folder needs --data_dir=ROOT with ROOT/<split>/<label>/*.jpg")
+    return load_folder(data_dir, split)
+  if dataset == "tfrecord":
+    if not data_dir:
+      raise UserError("--dataset=tfrecord needs --data_dir (a directory or a glob of TFRecords)")
+    return load_tfrecord(data_dir, split)
+  return load_tfds(dataset, split, data_dir, manual_dir)
+
+
+def _find_split_dir(root: str, split: str) -> str:
+  names = SPLIT_ALIASES.get(split, (split,))
+  for name in names:
+    path = os.path.join(root, name)
+    if tf.io.gfile.isdir(path):
+      return path
+  raise UserError(f"no folder for split {split!r} in --data_dir={root}: expected "
+                  + " or ".join(os.path.join(root, n) for n in names))
+
+
+def _list_classes(split_dir: str) -> list[str]:
+  return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(split_dir)
+                if tf.io.gfile.isdir(os.path.join(split_dir, d.rstrip("/")))
+                and not d.startswith("."))
+
+
+def load_folder(root: str, split: str) -> FileListSource:
+  """A `folder` source: ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif}."""
+  root = os.path.expanduser(root)
+  if not tf.io.gfile.isdir(root):
+    raise UserError(f"--data_dir={root} is not a folder (expected ROOT/<split>/<label>/*.jpg)")
+  split_dir = _find_split_dir(root, split)
+  present = _list_classes(split_dir)
+  train_dir = os.path.join(root, "train")
+  class_names = _list_classes(train_dir) if tf.io.gfile.isdir(train_dir) else present
+  if not present:
+    raise UserError(f"split {split!r} is empty: {split_dir} has no label folders "
+                    "(expected <label>/*.jpg)")
+  unknown = sorted(set(present) - set(class_names))
+  if unknown:
+    raise UserError(f"label folders {unknown[:5]} of {split_dir} are not in {train_dir}")
+  files, labels = [], []
+  for label, name in enumerate(class_names):
+    if name not in present:
+      continue
+    class_dir = os.path.join(split_dir, name)
+    names = sorted(f for f in tf.io.gfile.listdir(class_dir)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not names:
+      raise UserError(f"label folder {class_dir} has no images (*.jpg, *.jpeg, *.png, *.bmp, "
+                      "*.gif)")
+    files.extend(os.path.join(class_dir, f) for f in names)
+    labels.extend([label] * len(names))
+  return FileListSource(name="folder", split=split, num_examples=len(files),
+                        num_classes=len(class_names), class_names=class_names,
+                        files=files, labels=labels)
+
+
+def _tfrecord_files(data_dir: str, split: str) -> list[str]:
+  data_dir = os.path.expanduser(data_dir)
+  if tf.io.gfile.isdir(data_dir):
+    for name in SPLIT_ALIASES.get(split, (split,)):
+      for pattern in (f"{name}-*", f"{name}.*", os.path.join(name, "*")):
+        files = sorted(f for f in tf.io.gfile.glob(os.path.join(data_dir, pattern))
+                       if not tf.io.gfile.isdir(f))
+        if files:
+          return files
+    raise UserError(f"no TFRecord files for split {split!r} in --data_dir={data_dir} "
+                    f"(expected {split}-* files, e.g. {split}-00000-of-00004.tfrecord)")
+  pattern = data_dir.replace("{split}", split)
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files and split == "validation" and "{split}" in data_dir:
+    for alias in SPLIT_ALIASES["validation"][1:]:
+      files = sorted(tf.io.gfile.glob(data_dir.replace("{split}", alias)))
+      if files:
+        break
+  if not files:
+    raise UserError(f"--data_dir={data_dir} matches no TFRecord files for split {split!r}")
+  return files
+
+
+def _read_labels_file(directory: str) -> list[str] | None:
+  path = os.path.join(directory, LABELS_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    names = [line.strip() for line in f.read().splitlines()]
+  while names and not names[-1]:
+    names.pop()
+  if not names or any(not n for n in names):
+    raise UserError(f"{path} must list one class name per line (line i = label i)")
+  return names
+
+
+def _read_metadata(directory: str) -> dict | None:
+  path = os.path.join(directory, METADATA_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise UserError(f"{path} is not valid JSON: {e}") from None
+
+
+def _scan_labels(files: list[str]) -> tuple[list[int], int, int]:
+  """One pass over the records: (count per file, min label, max label)."""
+  counts, lo, hi = [], None, None
+  feature = {"image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  for path in files:
+    ds = tf.data.TFRecordDataset(path).batch(1024).map(
+        lambda r: tf.io.parse_example(r, feature)["image/class/label"])
+    init = (tf.constant(0, tf.int64), tf.constant(2**62, tf.int64), tf.constant(-2**62, tf.int64))
+    try:
+      n, a, b = ds.reduce(init, lambda s, y: (s[0] + tf.size(y, tf.int64),
+                                               tf.minimum(s[1], tf.reduce_min(y)),
+                                               tf.maximum(s[2], tf.reduce_max(y))))
+    except tf.errors.OpError as e:
+      raise UserError(f"cannot read TFRecord file {path}: {e.message.splitlines()[0]}") from None
+    counts.append(int(n))
+    if int(n):
+      lo = int(a) if lo is None else min(lo, int(a))
+      hi = int(b) if hi is None else max(hi, int(b))
+  return counts, (lo if lo is not None else 0), (hi if hi is not None else -1)
+
+
+def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
+  """A `tfrecord` source (see the module docstring for the file layout)."""
+  files = _tfrecord_files(data_dir, split)
+  directory = os.path.dirname(files[0])
+  class_names = _read_labels_file(directory)
+  meta = _read_metadata(directory)
+  counts = None
+  num_classes = len(class_names) if class_names else None
+  if meta:
+    per_file = meta.get("files", {})
+    if all(os.path.basename(f) in per_file for f in files):
+      counts = [int(per_file[os.path.basename(f)]) for f in files]
+    if num_classes is None and meta.get("num_classes"):
+      num_classes = int(meta["num_classes"])
+    if class_names is None and meta.get("class_names"):
+      class_names = list(meta["class_names"])
+  if counts is None or num_classes is None:
+    scanned, lo, hi = _scan_labels(files)
+    counts = counts or scanned
+    if lo < 0:
+      raise UserError(f"TFRecords {files[0]}...: records without image/class/label or with "
+                      "negative labels")
+    if num_classes is None:
+      num_classes = hi + 1
+  total = sum(counts)
+  if total == 0:
+    raise UserError(f"split {split!r} is empty: {len(files)} TFRecord files with no records "
+                    f"({files[0]}...)")
+  return TFRecordSource(name="tfrecord", split=split, num_examples=total,
+                        num_classes=num_classes, class_names=class_names, files=files,
+                        file_counts=counts)
+
+
+def _tfds_split_name(info, split: str) -> str:
+  """Maps train/validation to the TFDS split (see the module docstring)."""
+  available = list(info.splits.keys())
+  if available == ["train"] and split in SPLITS:
+    return "train[:90%]" if split == "train" else "train[90%:]"
+  if not available or split in available or "[" in split or "+" in split:
+    return split  # Unknown metadata (mocked) or TFDS syntax: TFDS validates it.
+  if split == "validation":
+    for alias in ("val", "test"):
+      if alias in available:
+        return alias
+  raise UserError(f"TFDS dataset {info.name} has no split {split!r} (it has {available})")
+
+
+def _check_imagenet_manual(name: str, builder, manual_dir: str | None) -> None:
+  if name.split(":")[0].split("/")[0] != "imagenet2012":
+    return
+  if _is_prepared(builder):
+    return
+  root = getattr(builder, "_data_dir_root", None) or os.path.expanduser("~/tensorflow_datasets")
+  manual_dir = manual_dir or os.path.join(str(root), "downloads", "manual")
+  missing = [t for t in IMAGENET_TARS if not tf.io.gfile.exists(os.path.join(manual_dir, t))]
+  if missing:
+    raise UserError(
+        "imagenet2012 must be downloaded by hand: put " + " and ".join(IMAGENET_TARS)
+        + f" (from image-net.org) in {manual_dir} (--manual_dir); missing: "
+        + ", ".join(missing))
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None,
+              manual_dir: str | None = None) -> TFDSSource:
+  """A TFDS source, preparing the dataset on first use."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f"unknown --dataset={name}: use shapes, folder, tfrecord or a TFDS dataset "
+                    "name (see tfds.list_builders())") from None
+  _check_imagenet_manual(name, builder, manual_dir)
+  if not _is_prepared(builder):
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    try:
+      builder.download_and_prepare(download_config=config)
+    except AssertionError as e:  # TFDS reports missing manual files this way.
+      raise UserError(f"cannot prepare TFDS dataset {name}: {e}") from None
+  info = builder.info
+  keys = info.supervised_keys
+  if not keys or len(keys) != 2 or not isinstance(keys[0], str):
+    image_key, label_key = "image", "label"
+  else:
+    image_key, label_key = keys
+  features = info.features
+  if image_key not in features or label_key not in features:
+    raise UserError(f"TFDS dataset {name} is not an image classification dataset "
+                    f"(no {image_key!r}/{label_key!r} features)")
+  tfds_split = _tfds_split_name(info, split)
+  label_feature = features[label_key]
+  num_classes = int(getattr(label_feature, "num_classes", 0) or 0)
+  class_names = list(label_feature.names) if getattr(label_feature, "names", None) else None
+  try:
+    num_examples = int(info.splits[tfds_split].num_examples)
+  except (KeyError, ValueError):  # Mocked or unprepared metadata: count the records.
+    num_examples = int(builder.as_dataset(split=tfds_split, decoders={
+        image_key: tfds.decode.SkipDecoding()}).reduce(0, lambda n, _: n + 1))
+  if num_examples == 0:
+    raise UserError(f"split {split!r} of TFDS dataset {name} is empty")
+  return TFDSSource(name=name, split=split, num_examples=num_examples,
+                    num_classes=num_classes, class_names=class_names, builder=builder,
+                    tfds_split=tfds_split, image_key=image_key, label_key=label_key)
+
+
+def _is_prepared(builder) -> bool:
+  try:
+    return bool(builder.is_prepared())
+  except AttributeError:
+    return tf.io.gfile.exists(builder.data_dir)

@@ -1,0 +1,384 @@
+"""tf.data pipelines for training and evaluation (SPEC §1.4), fast enough not to starve the model.
+
+Training (`build_train_dataset`), per input pipeline:
+  source.records(input_context, shuffle=True)   # this pipeline's shard; file lists reshuffled
+  → shuffle(shuffle_buffer)                      # unless the source already shuffles all records
+  → repeat() → enumerate()                       # element index i (counts across epochs)
+  → map(validity check + fused decode/crop + flip + PCA lighting), AUTOTUNE parallel
+  → drop skipped records → ignore_errors() (non-strict) → batch(per-replica, drop_remainder)
+  → prefetch(AUTOTUNE)
+Evaluation (`build_eval_dataset`): records in order (every record exactly once over all
+pipelines) → map(check + decode + shorter side 256 + centre crop or ten crops) → batch (partial
+last batch kept) → prefetch.
+
+Use with a strategy:
+
+  def dataset_fn(ctx):
+    return build_train_dataset(source, per_replica_batch_size(global_batch, strategy.
+        num_replicas_in_sync), image_size, ctx, seed=seed)
+  dist = strategy.distribute_datasets_from_function(dataset_fn)
+
+Reproducibility: augmentation is stateless, keyed by (seed, input_pipeline_id, i) with i the
+element's index in the repeated stream, so replicas/workers draw different augmentations and
+the same seed gives the same augmentation of the same element. With `deterministic=True` and a
+seed the element order is reproducible too (otherwise parallel map may reorder elements).
+
+Corrupt files. A corrupt, truncated or non-image record must not kill a long run:
+1. Every record first passes a cheap in-graph check (`is_valid_image`): it must be non-empty,
+   start with a JPEG/PNG/GIF/BMP signature, and end with its format's trailer (JPEG EOI marker
+   FF D9 / PNG IEND chunk / GIF ';' within the last 32 bytes). This catches non-image files,
+   empty files and truncated files (the common cases) without decoding. A record that fails is
+   dropped and counted in a `CorruptCounter`: a Python-side counter incremented through a
+   `tf.py_function` that runs only for failing records (no cost for good ones; no tf.Variable,
+   so it works the same under any distribution strategy and outside strategy scopes).
+   The last few skipped file names are kept (`CorruptCounter.recent_files`).
+2. A record that passes the check but still fails to decode (e.g. a broken header) is dropped
+   by `ignore_errors()` as a backstop; TF logs a warning for it, but it is not counted. Run
+   `check_source` to find those exactly (it decodes a sample fully and names the bad files).
+3. With `strict=True` (`--strict_data`) a failing record raises instead:
+   `tf.errors.InvalidArgumentError` whose message contains "corrupt image file" and the file
+   name (from the check), or TF's decode error (no `ignore_errors()` in strict mode).
+
+Reading the count in a training loop (counters are per process and shared by all pipelines
+built with the same counter; by default `corrupt_counter("train")` for training pipelines and
+`corrupt_counter("eval")` for evaluation pipelines):
+
+  counter = input_pipeline.corrupt_counter("train")
+  ... at the end of each epoch:
+  skipped = counter.pop()          # skipped since the previous pop()
+  if skipped: logging.warning("%d corrupt images skipped (%s)", skipped, counter.recent_files)
+  counter.check(num_records=epochs_done * source.num_examples)   # UserError above 50%
+
+Counts are taken when tf.data processes a record, which with prefetching may be a little ahead
+of the training loop; totals are exact. Before training, `check_source(source)` decodes a
+sample of the records and raises `UserError` when more than `threshold` (50%) of them are
+corrupt (or, with strict=True, when any is).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+import threading
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_tf import preprocessing
+from alexnet_tf.datasets import DatasetSource
+from alexnet_tf.errors import UserError
+
+_AUTOTUNE = tf.data.AUTOTUNE
+DEFAULT_SHUFFLE_BUFFER = 10_000
+DEFAULT_CORRUPT_THRESHOLD = 0.5
+
+
+def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
+  """global_batch_size / num_replicas, which must be a whole number.
+
+  Raises:
+    UserError: when the global batch size is not positive or not divisible.
+  """
+  if global_batch_size < 1:
+    raise UserError(f"--batch_size must be positive, got {global_batch_size}")
+  if num_replicas < 1:
+    raise UserError(f"number of replicas must be positive, got {num_replicas}")
+  if global_batch_size % num_replicas:
+    raise UserError(f"--batch_size={global_batch_size} (global) must be divisible by the "
+                    f"number of replicas ({num_replicas}); e.g. use "
+                    f"{max(1, global_batch_size // num_replicas) * num_replicas}")
+  return global_batch_size // num_replicas
+
+
+class CorruptCounter:
+  """Counts records skipped as corrupt by the pipelines it is given to (thread-safe)."""
+
+  def __init__(self, name: str = "images", keep_files: int = 10):
+    self.name = name
+    self._lock = threading.Lock()
+    self._total = 0
+    self._since_pop = 0
+    self._recent: collections.deque[str] = collections.deque(maxlen=keep_files)
+
+  def record(self, filename: bytes | str = b"") -> None:
+    """Counts one skipped record (called from the pipeline through tf.py_function)."""
+    if isinstance(filename, bytes):
+      filename = filename.decode("utf-8", "replace")
+    with self._lock:
+      self._total += 1
+      self._since_pop += 1
+      if filename:
+        self._recent.append(filename)
+
+  @property
+  def total(self) -> int:
+    """Records skipped since creation (or `reset`)."""
+    with self._lock:
+      return self._total
+
+  @property
+  def recent_files(self) -> list[str]:
+    """The names of the last few skipped records."""
+    with self._lock:
+      return list(self._recent)
+
+  def pop(self) -> int:
+    """Records skipped since the previous `pop` (e.g. in the epoch that just ended)."""
+    with self._lock:
+      n, self._since_pop = self._since_pop, 0
+      return n
+
+  def reset(self) -> None:
+    with self._lock:
+      self._total = self._since_pop = 0
+      self._recent.clear()
+
+  def check(self, num_records: int, threshold: float = DEFAULT_CORRUPT_THRESHOLD) -> None:
+    """Raises UserError when more than `threshold` of `num_records` records were skipped."""
+    check_corrupt_fraction(self.total, num_records, threshold, self.recent_files)
+
+  def _py_record(self, filename: tf.Tensor) -> tf.Tensor:
+    def _fn(name):
+      self.record(name.numpy())
+      return np.bool_(False)
+    return tf.py_function(_fn, [filename], Tout=tf.bool)
+
+
+_COUNTERS: dict[str, CorruptCounter] = {}
+_COUNTERS_LOCK = threading.Lock()
+
+
+def corrupt_counter(name: str = "train") -> CorruptCounter:
+  """The process-wide counter `name` (default counters: "train" and "eval")."""
+  with _COUNTERS_LOCK:
+    if name not in _COUNTERS:
+      _COUNTERS[name] = CorruptCounter(name)
+    return _COUNTERS[name]
+
+
+def check_corrupt_fraction(num_corrupt: int, num_records: int,
+                           threshold: float = DEFAULT_CORRUPT_THRESHOLD,
+                           examples: Sequence[str] = ()) -> None:
+  """Raises UserError when num_corrupt > threshold * num_records (with num_records > 0)."""
+  if num_records > 0 and num_corrupt > threshold * num_records:
+    where = f" (e.g. {', '.join(list(examples)[:3])})" if examples else ""
+    raise UserError(f"{num_corrupt} of {num_records} images are corrupt or not images{where}: "
+                    f"more than {threshold:.0%}; check --data_dir")
+
+
+def _tail_contains(image_bytes: tf.Tensor, n: tf.Tensor, marker: bytes) -> tf.Tensor:
+  tail = tf.strings.substr(image_bytes, tf.maximum(n - 32, 0), 32)
+  return tf.size(tf.strings.split(tail, sep=marker)) > 1
+
+
+def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Cheap validity check of one encoded image (scalar tf.bool), without decoding.
+
+  True for a JPEG ending with its EOI marker, a PNG ending with IEND, a GIF ending with ';'
+  or a BMP larger than its headers. Catches empty, non-image and truncated files.
+  """
+  n = tf.strings.length(image_bytes)
+  head8 = tf.strings.substr(image_bytes, 0, 8)
+  head6 = tf.strings.substr(image_bytes, 0, 6)
+  is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
+  is_png = head8 == b"\x89PNG\r\n\x1a\n"
+  is_gif = tf.logical_or(head6 == b"GIF87a", head6 == b"GIF89a")
+  is_bmp = tf.logical_and(tf.strings.substr(image_bytes, 0, 2) == b"BM", n > 54)
+  return tf.logical_or(
+      tf.logical_or(
+          tf.logical_and(is_jpeg, _tail_contains(image_bytes, n, b"\xff\xd9")),
+          tf.logical_and(is_png, _tail_contains(image_bytes, n, b"IEND"))),
+      tf.logical_or(tf.logical_and(is_gif, _tail_contains(image_bytes, n, b";")), is_bmp))
+
+
+def _checked(record: dict, strict: bool, counter: CorruptCounter) -> tf.Tensor:
+  """The validity of one record: asserts (strict) or counts (non-strict) failures."""
+  ok = is_valid_image(record["image"])
+  if strict:
+    with tf.control_dependencies([tf.debugging.Assert(
+        ok, ["corrupt image file (--strict_data):", record["filename"]])]):
+      return tf.identity(ok)
+  return tf.cond(ok, lambda: tf.constant(True),
+                 lambda: counter._py_record(record["filename"]))  # pylint: disable=protected-access
+
+
+def _check_image_size(image_size: int) -> None:
+  if not isinstance(image_size, (int, np.integer)) or not 0 < image_size <= 256:
+    raise UserError(f"image size must be an integer in 1..256 (227 or 224), got {image_size}")
+
+
+def _shard(input_context) -> tuple[int, int]:
+  if input_context is None:
+    return 1, 0
+  return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def _is_ok(ok, image, label):
+  del image, label
+  return ok
+
+
+def _drop_ok(ok, image, label):
+  del ok
+  return image, label
+
+
+def _finish(ds: tf.data.Dataset, strict: bool, batch_size: int, drop_remainder: bool,
+            deterministic: bool) -> tf.data.Dataset:
+  ds = ds.filter(_is_ok).map(_drop_ok)
+  if not strict:
+    ds = ds.ignore_errors(log_warning=True)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.prefetch(_AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  options.experimental_optimization.map_parallelization = True
+  return ds.with_options(options)
+
+
+def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int = 227,
+                        input_context: tf.distribute.InputContext | None = None, *,
+                        seed: int | None = None, random_crop: bool = True,
+                        random_flip: bool = True, pca_lighting: bool = True,
+                        eigval: Sequence[float] | None = None,
+                        eigvec: Sequence[Sequence[float]] | None = None,
+                        alphastd: float = 0.1, deterministic: bool = False,
+                        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, repeat: bool = True,
+                        strict: bool = False,
+                        counter: CorruptCounter | None = None) -> tf.data.Dataset:
+  """The training pipeline: (images float32 [batch, size, size, 3] in 0..255, labels int64 [batch]).
+
+  Args:
+    source: from `alexnet_tf.datasets.load_source(..., "train")`.
+    batch_size: PER-REPLICA batch size (see `per_replica_batch_size`); the last partial batch
+      of the stream is dropped.
+    image_size: crop size, 227 (default) or 224.
+    input_context: from `distribute_datasets_from_function`; None for one pipeline.
+    seed: makes shuffling and augmentation reproducible; None = random.
+    random_crop: random crop of the 256×256 image (else the centre crop).
+    random_flip: random horizontal flip.
+    pca_lighting: the paper's PCA lighting noise with `alphastd`, `eigval`, `eigvec` (default
+      ImageNet's; eigenvalues on the [0, 1] or the 0..255 scale, e.g. from `--stats`, see
+      `preprocessing.pca_lighting`).
+    deterministic: keep element order reproducible (slower); else parallel map may reorder.
+    shuffle_buffer: records in the shuffle buffer (encoded bytes) for sources that do not
+      shuffle all records themselves (TFRecord, TFDS); folder sources shuffle their full file
+      list each epoch instead.
+    repeat: repeat forever (epochs are delimited by the training loop's step count); False
+      gives exactly one pass.
+    strict: raise on a corrupt record instead of skipping it (--strict_data).
+    counter: where skipped records are counted; default `corrupt_counter("train")`.
+  """
+  _check_image_size(image_size)
+  if batch_size < 1:
+    raise UserError(f"batch size must be positive, got {batch_size}")
+  counter = counter or corrupt_counter("train")
+  n, pipeline_id = _shard(input_context)
+  aug_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+  ds = source.records(input_context, shuffle=True, seed=seed)
+  if not source.shuffles_records and shuffle_buffer > 1:
+    ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1 + pipeline_id,
+                    reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.enumerate()
+  base_seed = tf.constant([aug_seed, pipeline_id], tf.int64)
+  del n
+
+  def _map(index, record):
+    ok = _checked(record, strict, counter)
+    element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+
+    def _good():
+      return preprocessing.preprocess_for_train(
+          record["image"], element_seed, image_size, crop=random_crop, flip=random_flip,
+          lighting=pca_lighting, alphastd=alphastd, eigval=eigval, eigvec=eigvec)
+
+    image = tf.cond(ok, _good, lambda: tf.zeros([image_size, image_size, 3], tf.float32))
+    return ok, image, record["label"]
+
+  ds = ds.map(_map, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+  return _finish(ds, strict, batch_size, True, deterministic)
+
+
+def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int = 227,
+                       input_context: tf.distribute.InputContext | None = None, *,
+                       ten_crop: bool = False, strict: bool = False,
+                       counter: CorruptCounter | None = None) -> tf.data.Dataset:
+  """The evaluation pipeline: (images, labels int64 [b]), every record once, in order.
+
+  Images are float32 in 0..255, [b, size, size, 3] (centre crop of the 256×256 image) or
+  [b, 10, size, size, 3] with `ten_crop` (order of `preprocessing.ten_crop`). The last batch
+  may be smaller; corrupt records are skipped and counted in `counter` (default
+  `corrupt_counter("eval")`), or raise with `strict`.
+  """
+  _check_image_size(image_size)
+  if batch_size < 1:
+    raise UserError(f"batch size must be positive, got {batch_size}")
+  counter = counter or corrupt_counter("eval")
+  num_crops = 10 if ten_crop else 1
+  shape = [10, image_size, image_size, 3] if ten_crop else [image_size, image_size, 3]
+
+  def _map(record):
+    ok = _checked(record, strict, counter)
+    image = tf.cond(
+        ok, lambda: preprocessing.preprocess_for_eval(record["image"], image_size,
+                                                      num_crops=num_crops),
+        lambda: tf.zeros(shape, tf.float32))
+    image.set_shape(shape)
+    return ok, image, record["label"]
+
+  ds = source.records(input_context).map(_map, num_parallel_calls=_AUTOTUNE,
+                                          deterministic=True)
+  return _finish(ds, strict, batch_size, False, True)
+
+
+@dataclasses.dataclass
+class SourceCheck:
+  """Result of `check_source`."""
+  num_checked: int
+  num_corrupt: int
+  corrupt_files: list[str]
+
+
+@tf.function(reduce_retracing=True)
+def _full_decode(image_bytes):
+  image = preprocessing.decode_rgb(image_bytes)
+  tf.debugging.assert_positive(tf.reduce_prod(tf.shape(image)[:2]), "empty image")
+  return tf.shape(image)
+
+
+def check_source(source: DatasetSource, *, sample_size: int | None = 256,
+                 threshold: float = DEFAULT_CORRUPT_THRESHOLD, strict: bool = False,
+                 seed: int = 0) -> SourceCheck:
+  """Fully decodes a sample of the records (all with sample_size=None) before training.
+
+  Exact (a full decode, not only the cheap check) and names the bad files.
+
+  Raises:
+    UserError: when more than `threshold` of the sample is corrupt, or with `strict` when any
+      record of the sample is corrupt (naming it).
+  """
+  ds = source.records(shuffle=sample_size is not None, seed=seed)
+  if sample_size is not None:
+    ds = ds.take(sample_size)
+  checked, bad = 0, []
+  for record in ds:
+    checked += 1
+    ok = bool(is_valid_image(record["image"]))
+    if ok:
+      try:
+        _full_decode(record["image"])
+      except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        ok = False
+    if not ok:
+      name = record["filename"].numpy().decode("utf-8", "replace")
+      if strict:
+        raise UserError(f"corrupt image file {name} (--strict_data)")
+      bad.append(name)
+  if checked == 0:
+    raise UserError(f"dataset {source.name} split {source.split} has no records")
+  check_corrupt_fraction(len(bad), checked, threshold, bad)
+  return SourceCheck(checked, len(bad), bad)

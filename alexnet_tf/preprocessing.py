@@ -1,0 +1,314 @@
+"""Image ops of the paper (SPEC §1.4): decode, fixed resolution, crops, flips, PCA lighting.
+
+All functions work on one image (no batch dimension) and return float32 RGB in 0..255
+(NOT mean-subtracted: the model subtracts the mean in its first layer), except the decode
+functions, which return uint8.
+
+The paper's fixed-resolution step is "rescale so the shorter side is 256, then take the central
+256×256 patch" (`resize_shorter_side` + `center_crop`, or `fixed_resolution`). Training then takes
+a random `image_size` (227 or 224) crop of that 256×256 image, flips it horizontally half of the
+time and adds PCA lighting noise. Evaluation takes the centre crop or the ten crops.
+
+Fused fast path (`decode_crop_and_resize`): resizing the whole photo to 256 and then cropping
+discards most of the decoded pixels. For an image of size H×W with shorter side m = min(H, W), the
+central 256×256 patch is the central m×m square of the original image, and a crop of c×c pixels at
+offset (oy, ox) of the 256×256 patch is the window of side c·m/256 at
+((H−m)/2 + oy·m/256, (W−m)/2 + ox·m/256) of the original (each rounded to whole pixels). The fused
+path decodes only that window (`tf.image.decode_and_crop_jpeg`, which skips the IDCT of the rest)
+and resizes it to c×c with one bilinear resize. This is equivalent to resize-then-crop up to
+resampling: the window is rounded to whole source pixels (≤ 1 source pixel of shift/size) and the
+bilinear weights are those of one resize from the window instead of two steps. Images smaller
+than 256 (m < 256) are upscaled in the same way. Non-JPEG inputs (PNG, GIF, BMP) are decoded fully
+and the same window is sliced out.
+
+Randomness is stateless: every random op takes a `seed` tensor of shape [2] (int32/int64), so the
+same (seed, image) gives the same augmentation; the input pipeline derives one seed per element
+from the user's `--seed`, the input-pipeline id and the element's index.
+
+PCA lighting ("fancy PCA"): for each image, `shift = eigvec @ (alpha * eigval)` with
+alpha ~ N(0, alphastd²) drawn once per image, added to every pixel. The common ImageNet constants
+(`IMAGENET_EIGVAL`, `IMAGENET_EIGVEC`) are for pixels in [0, 1]; our pixels are in 0..255, so the
+shift is computed in [0, 1] units and multiplied by 255 (the ecosystem convention: fb.resnet.torch,
+timm). Eigenvalues of a covariance of 0..255 pixel values (what `alexnet_tf.tools.dataset_stats`
+writes) are λ' = 255²·λ; `pca_lighting` recognises them (any eigenvalue > 1 cannot come from [0, 1]
+pixels, whose total variance is at most 0.75) and divides them by 255², so both scales give the
+same shift. The result is clipped to 0..255.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+# SPEC §1.4: ImageNet RGB covariance eigen-pairs for pixels in [0, 1], eigenvectors as columns.
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+# The common per-channel substitute for the paper's per-pixel mean (0..255, RGB).
+IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
+# The paper's fixed resolution.
+FIXED_SIZE = 256
+
+
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Decodes one encoded image (JPEG, PNG, GIF, BMP) to RGB uint8 [H, W, 3].
+
+  Gray, gray+alpha and RGBA images are converted to RGB (alpha dropped); CMYK JPEGs are
+  converted to RGB by libjpeg; of an animated GIF the first frame is used.
+
+  Args:
+    image_bytes: scalar tf.string.
+  """
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def image_shape(image_bytes: tf.Tensor) -> tf.Tensor:
+  """Returns [height, width] (int32) of an encoded image, reading only the header for JPEG."""
+  return tf.cond(
+      tf.io.is_jpeg(image_bytes),
+      lambda: tf.image.extract_jpeg_shape(image_bytes)[:2],
+      lambda: tf.shape(decode_rgb(image_bytes))[:2],
+  )
+
+
+def _window_for_crop(height: tf.Tensor, width: tf.Tensor, offset_y: tf.Tensor,
+                     offset_x: tf.Tensor, crop_size: int,
+                     fixed_size: int = FIXED_SIZE) -> tf.Tensor:
+  """The window [y, x, h, w] of an H×W image that a crop of the fixed_size² patch covers.
+
+  See the module docstring: the fixed_size² centre patch of the resized image is the central
+  m×m square of the original (m = min(H, W)), and one pixel of the patch is m / fixed_size
+  pixels of the original.
+  """
+  height = tf.cast(height, tf.float32)
+  width = tf.cast(width, tf.float32)
+  m = tf.minimum(height, width)
+  scale = m / float(fixed_size)
+  y0 = tf.floor((height - m) / 2.0)
+  x0 = tf.floor((width - m) / 2.0)
+  side = tf.maximum(tf.round(crop_size * scale), 1.0)
+  y = y0 + tf.round(tf.cast(offset_y, tf.float32) * scale)
+  x = x0 + tf.round(tf.cast(offset_x, tf.float32) * scale)
+  # Keep the window inside the central square (rounding could push it out by a pixel).
+  y = tf.minimum(y, y0 + m - side)
+  x = tf.minimum(x, x0 + m - side)
+  y = tf.maximum(y, 0.0)
+  x = tf.maximum(x, 0.0)
+  return tf.cast(tf.stack([y, x, side, side]), tf.int32)
+
+
+def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
+                           offset: tf.Tensor | Sequence[int] | None = None,
+                           fixed_size: int = FIXED_SIZE) -> tf.Tensor:
+  """Fused decode + fixed-resolution step + crop (see the module docstring).
+
+  Computes, up to resampling, `fixed_resolution(decode_rgb(image_bytes))` cropped to
+  crop_size × crop_size at `offset` (default: the centre crop), decoding only the window needed
+  for JPEGs.
+
+  Args:
+    image_bytes: scalar tf.string, an encoded JPEG/PNG/GIF/BMP.
+    crop_size: side of the output (≤ fixed_size).
+    offset: (y, x) offset of the crop inside the fixed_size² patch, each in
+      [0, fixed_size − crop_size]; None for the centre.
+    fixed_size: the paper's fixed resolution, 256.
+
+  Returns:
+    float32 [crop_size, crop_size, 3] in 0..255.
+  """
+  if not 0 < crop_size <= fixed_size:
+    raise ValueError(f"crop_size must be in 1..{fixed_size}, got {crop_size}")
+  if offset is None:
+    c = (fixed_size - crop_size) // 2
+    offset = (c, c)
+  offset = tf.convert_to_tensor(offset)
+
+  def _jpeg() -> tf.Tensor:
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    window = _window_for_crop(shape[0], shape[1], offset[0], offset[1], crop_size, fixed_size)
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+  def _other() -> tf.Tensor:
+    image = decode_rgb(image_bytes)
+    shape = tf.shape(image)
+    window = _window_for_crop(shape[0], shape[1], offset[0], offset[1], crop_size, fixed_size)
+    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), _jpeg, _other)
+  image.set_shape([None, None, 3])
+  return _resize_to(image, crop_size, crop_size)
+
+
+def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor) -> tf.Tensor:
+  """Bilinear resize (antialiased when shrinking) to float32; a no-op copy when sizes match."""
+  image = tf.image.resize(image, tf.stack([height, width]), method="bilinear", antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def resize_shorter_side(image: tf.Tensor, size: int = FIXED_SIZE) -> tf.Tensor:
+  """Resizes [H, W, 3] so that min(H, W) == size (keeping the aspect ratio; upscales too).
+
+  Bilinear, antialiased when shrinking. Returns float32 in the input's value range.
+  """
+  shape = tf.shape(image)
+  h = tf.cast(shape[0], tf.float32)
+  w = tf.cast(shape[1], tf.float32)
+  scale = float(size) / tf.minimum(h, w)
+  new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), size)
+  new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), size)
+  return _resize_to(image, new_h, new_w)
+
+
+def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The central size×size crop of [H, W, C] (H, W ≥ size); offsets ((H−size)//2, (W−size)//2).
+
+  Returns the same dtype as the input (exact slicing, no resampling).
+  """
+  image = tf.convert_to_tensor(image)
+  shape = tf.shape(image)
+  with tf.control_dependencies([_assert_at_least(shape, size)]):
+    top = (shape[0] - size) // 2
+    left = (shape[1] - size) // 2
+  out = image[top:top + size, left:left + size]
+  out.set_shape([size, size, image.shape[-1]])
+  return out
+
+
+def _assert_at_least(shape: tf.Tensor, size: int) -> tf.Operation:
+  return tf.debugging.assert_greater_equal(
+      tf.reduce_min(shape[:2]), size, message=f"image smaller than the crop size {size}")
+
+
+def five_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """[5, size, size, C]: top-left, top-right, bottom-left, bottom-right, centre."""
+  image = tf.convert_to_tensor(image)
+  shape = tf.shape(image)
+  with tf.control_dependencies([_assert_at_least(shape, size)]):
+    h, w = shape[0], shape[1]
+  crops = [
+      image[:size, :size],
+      image[:size, w - size:],
+      image[h - size:, :size],
+      image[h - size:, w - size:],
+      center_crop(image, size),
+  ]
+  out = tf.stack(crops)
+  out.set_shape([5, size, size, image.shape[-1]])
+  return out
+
+
+def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The paper's ten test crops, [10, size, size, C] (SPEC §1.4; torchvision `TenCrop` order).
+
+  Order: top-left, top-right, bottom-left, bottom-right, centre of `image`, then the same five
+  of the horizontally mirrored image.
+
+  Args:
+    image: [H, W, C], already at 256×256 (or larger).
+    size: crop side (227 or 224).
+  """
+  image = tf.convert_to_tensor(image)
+  return tf.concat([five_crop(image, size), five_crop(image[:, ::-1], size)], axis=0)
+
+
+def fixed_resolution(image: tf.Tensor, size: int = FIXED_SIZE) -> tf.Tensor:
+  """The paper's fixed-resolution step: shorter side to `size`, then the central size² patch."""
+  return center_crop(resize_shorter_side(image, size), size)
+
+
+def random_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+  """A uniformly placed size×size crop of [H, W, C], stateless in `seed` ([2] ints)."""
+  image = tf.convert_to_tensor(image)
+  out = tf.image.stateless_random_crop(image, [size, size, image.shape[-1]], seed=seed)
+  return out
+
+
+def random_crop_offset(seed: tf.Tensor, crop_size: int,
+                       fixed_size: int = FIXED_SIZE) -> tf.Tensor:
+  """A random (y, x) offset, each uniform in [0, fixed_size − crop_size], stateless in seed."""
+  return tf.random.stateless_uniform([2], seed=seed, minval=0,
+                                     maxval=fixed_size - crop_size + 1, dtype=tf.int32)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Mirrors [H, W, C] left-right with probability 1/2, stateless in `seed` ([2] ints)."""
+  return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def _unit_eigval(eigval: tf.Tensor) -> tf.Tensor:
+  """Eigenvalues on the [0, 1] pixel scale; 0..255-scale ones (any value > 1) are divided by 255²."""
+  return tf.where(tf.reduce_max(eigval) > 1.0, eigval / (255.0 * 255.0), eigval)
+
+
+def pca_lighting(image: tf.Tensor, alphastd: float = 0.1,
+                 eigval: Sequence[float] | np.ndarray | tf.Tensor | None = None,
+                 eigvec: Sequence[Sequence[float]] | np.ndarray | tf.Tensor | None = None,
+                 seed: tf.Tensor | None = None) -> tf.Tensor:
+  """The paper's PCA lighting noise on an RGB image in 0..255 (see the module docstring).
+
+  Adds `255 · eigvec @ (alpha * eigval)` to every pixel, alpha ~ N(0, alphastd²) (3 values, drawn
+  once per call), then clips to 0..255.
+
+  Args:
+    image: [H, W, 3], values in 0..255 (any numeric dtype; returned as float32).
+    alphastd: standard deviation of alpha (the paper's 0.1).
+    eigval: 3 eigenvalues of the RGB covariance, on the [0, 1] pixel scale (SPEC) or the 0..255
+      scale (as written by `dataset_stats`); default ImageNet's.
+    eigvec: 3×3, one unit eigenvector per column; default ImageNet's.
+    seed: [2] ints for a stateless draw; None draws from the global generator.
+  """
+  image = tf.cast(image, tf.float32)
+  eigval = tf.constant(IMAGENET_EIGVAL if eigval is None else eigval, tf.float32)
+  eigvec = tf.constant(IMAGENET_EIGVEC if eigvec is None else eigvec, tf.float32)
+  eigval = tf.reshape(eigval, [3])
+  eigvec = tf.reshape(eigvec, [3, 3])
+  if seed is None:
+    alpha = tf.random.normal([3], stddev=alphastd)
+  else:
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alphastd)
+  shift = 255.0 * tf.linalg.matvec(eigvec, alpha * _unit_eigval(eigval))
+  return tf.clip_by_value(image + shift, 0.0, 255.0)
+
+
+def preprocess_for_train(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int = 227, *,
+                         crop: bool = True, flip: bool = True, lighting: bool = True,
+                         alphastd: float = 0.1, eigval=None, eigvec=None) -> tf.Tensor:
+  """Encoded bytes → one augmented training image, float32 [image_size, image_size, 3] in 0..255.
+
+  Fused decode + fixed resolution + random crop (centre crop when `crop` is False), then a
+  random horizontal flip (`flip`) and PCA lighting (`lighting`, see `pca_lighting` for
+  alphastd/eigval/eigvec). Stateless in `seed` ([2] ints): the crop, flip and lighting draws use
+  three seeds split from it.
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+  offset = random_crop_offset(seeds[0], image_size) if crop else None
+  image = decode_crop_and_resize(image_bytes, image_size, offset)
+  if flip:
+    image = random_flip(image, seeds[1])
+  if lighting:
+    image = pca_lighting(image, alphastd, eigval, eigvec, seed=seeds[2])
+  image.set_shape([image_size, image_size, 3])
+  return image
+
+
+def preprocess_for_eval(image_bytes: tf.Tensor, image_size: int = 227, *,
+                        num_crops: int = 1) -> tf.Tensor:
+  """Encoded bytes → eval input: centre crop [size, size, 3] or ten crops [10, size, size, 3].
+
+  `num_crops`: 1 (centre crop) or 10 (`ten_crop`). The fixed-resolution step (shorter side 256, central 256² patch) decodes only the central
+  square of a JPEG and resizes it to 256×256 (same as resize-then-crop up to resampling); the
+  crops are then exact slices (`center_crop` / `ten_crop`). float32 in 0..255.
+  """
+  if num_crops not in (1, 10):
+    raise ValueError(f"num_crops must be 1 or 10, got {num_crops}")
+  image = decode_crop_and_resize(image_bytes, FIXED_SIZE)
+  if num_crops == 10:
+    return ten_crop(image, image_size)
+  return center_crop(image, image_size)

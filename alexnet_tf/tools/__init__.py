@@ -1,0 +1,1 @@
+"""Command-line tools: `python -m alexnet_tf.tools.<name>` (make_tfrecords, dataset_stats, import_weights)."""

@@ -1,0 +1,156 @@
+r"""Converts a folder of images to 256-pixel TFRecord shards (the paper's one-off pre-processing).
+
+  python -m alexnet_tf.tools.make_tfrecords SRC DST [--num_shards=N] [--size=256] [--quality=95]
+
+SRC is a folder dataset (SRC/<split>/<label>/*.jpg|png, splits `train` and `validation`, which
+may be named `val` or `test`). Every image is decoded, converted to RGB, resized so its shorter
+side is --size (never upscaled; the aspect ratio is kept, so the training pipeline still takes
+the central square and random crops) and re-encoded as JPEG. DST receives
+
+  DST/train-00000-of-00008.tfrecord ...      tf.train.Example: image/encoded (JPEG bytes),
+  DST/validation-00000-of-00001.tfrecord       image/class/label (int64, 0-based), image/class/text,
+                                               image/filename, image/height, image/width,
+                                               image/format ("JPEG")
+  DST/labels.txt                             class names, line i = label i
+  DST/metadata.json                          records per file, class names (read by
+                                             `--dataset=tfrecord --data_dir=DST`)
+
+The records of a split are shuffled once (seed 0) before sharding, so every shard mixes all
+classes. Corrupt or non-image files are skipped and listed. Use with
+`train.py --dataset=tfrecord --data_dir=DST`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from typing import Callable, Sequence
+
+from absl import flags
+
+from alexnet_tf.errors import UserError, run_cli
+
+FLAGS = flags.FLAGS
+
+
+
+def define_flags() -> None:
+  """Defines the tool's flags (only when run as a program, so importing it defines nothing)."""
+  flags.DEFINE_integer("num_shards", 0, "Shards per split; 0: one per ~1000 images (at least 1).")
+  flags.DEFINE_integer("size", 256, "Shorter side after resizing (images are never upscaled).")
+  flags.DEFINE_integer("quality", 95, "JPEG quality of the re-encoded images.")
+
+
+def _bytes_feature(value: bytes):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _resize_fn(size: int, quality: int):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alexnet_tf import preprocessing  # pylint: disable=g-import-not-at-top
+
+  def fn(index, path):
+    data = tf.io.read_file(path)
+    image = preprocessing.decode_rgb(data)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    scale = tf.minimum(1.0, float(size) / tf.cast(tf.minimum(h, w), tf.float32))
+    new_h = tf.maximum(tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32), 1)
+    new_w = tf.maximum(tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32), 1)
+    resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear", antialias=True)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    encoded = tf.io.encode_jpeg(resized, quality=quality, chroma_downsampling=quality < 90)
+    return index, encoded, new_h, new_w
+
+  return fn
+
+
+def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: int = 95,
+            log: Callable[[str], None] = print) -> dict:
+  """Converts folder dataset SRC to TFRecord shards in DST; returns the metadata written.
+
+  Raises:
+    UserError: SRC is not a folder dataset (see `alexnet_tf.datasets.load_folder`), bad options.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alexnet_tf import datasets  # pylint: disable=g-import-not-at-top
+
+  if size < 1 or not 1 <= quality <= 100 or num_shards < 0:
+    raise UserError("--size must be >= 1, --quality in 1..100, --num_shards >= 0")
+  splits = {}
+  for split in datasets.SPLITS:
+    try:
+      splits[split] = datasets.load_folder(src, split)
+    except UserError as e:
+      if "no folder for split" not in str(e):
+        raise
+  if not splits:
+    raise UserError(f"{src} has no train or validation folder (expected SRC/<split>/<label>/*.jpg)")
+  class_names = next(iter(splits.values())).class_names
+  tf.io.gfile.makedirs(dst)
+  metadata = {"format": "alexnet_tf.tfrecord.v1", "size": size, "class_names": class_names,
+              "num_classes": len(class_names), "splits": {}, "files": {}, "skipped": {}}
+  fn = _resize_fn(size, quality)
+  for split, source in splits.items():
+    order = list(range(source.num_examples))
+    random.Random(0).shuffle(order)
+    files = [source.files[k] for k in order]
+    labels = [source.labels[k] for k in order]
+    shards = num_shards or max(1, math.ceil(len(files) / 1000))
+    shards = min(shards, len(files))
+    names = [f"{split}-{s:05d}-of-{shards:05d}.tfrecord" for s in range(shards)]
+    writers = [tf.io.TFRecordWriter(os.path.join(dst, n)) for n in names]
+    counts = [0] * shards
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), files))
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    done = set()
+    for index, encoded, h, w in ds.as_numpy_iterator():
+      index = int(index)
+      done.add(index)
+      shard = index * shards // len(files)
+      path = files[index]
+      rel = os.path.relpath(path, src)
+      example = tf.train.Example(features=tf.train.Features(feature={
+          "image/encoded": _bytes_feature(encoded),
+          "image/format": _bytes_feature(b"JPEG"),
+          "image/class/label": _int_feature(labels[index]),
+          "image/class/text": _bytes_feature(class_names[labels[index]].encode()),
+          "image/filename": _bytes_feature(rel.encode()),
+          "image/height": _int_feature(h),
+          "image/width": _int_feature(w),
+      }))
+      writers[shard].write(example.SerializeToString())
+      counts[shard] += 1
+    for writer in writers:
+      writer.close()
+    skipped = [os.path.relpath(files[k], src) for k in range(len(files)) if k not in done]
+    for skip in skipped:
+      log(f"skipped corrupt or unreadable image: {skip}")
+    metadata["splits"][split] = {"num_examples": sum(counts), "num_shards": shards}
+    metadata["files"].update(dict(zip(names, counts)))
+    metadata["skipped"][split] = skipped
+    log(f"{split}: {sum(counts)} images in {shards} shard(s), {len(skipped)} skipped")
+  with tf.io.gfile.GFile(os.path.join(dst, datasets.LABELS_FILE), "w") as f:
+    f.write("\n".join(class_names) + "\n")
+  with tf.io.gfile.GFile(os.path.join(dst, datasets.METADATA_FILE), "w") as f:
+    json.dump(metadata, f, indent=1)
+  return metadata
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) != 3:
+    raise UserError("usage: python -m alexnet_tf.tools.make_tfrecords SRC DST [--num_shards=N]")
+  convert(argv[1], argv[2], FLAGS.num_shards, FLAGS.size, FLAGS.quality)
+
+
+if __name__ == "__main__":
+  define_flags()
+  run_cli(main)

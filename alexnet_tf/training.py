@@ -1,0 +1,639 @@
+"""The training loop: the paper's recipe on any tf.distribute strategy.
+
+A custom loop (`strategy.run`) rather than `model.fit`, because Keras 3's fit
+does not work under MultiWorkerMirroredStrategy (keras-team/keras#20585). One
+loop serves every strategy:
+
+  for epoch: for step: strategy.run(train_step) -> all-reduce -> PaperSGD update
+             every --checkpoint_steps and at each epoch end: checkpoint
+             each epoch end: validation (centre crop) -> plateau schedule, logs
+
+State that a resumed run needs lives in one `tf.train.Checkpoint`: the model,
+the optimiser (momentum slots, iteration count, learning-rate variable), the
+global step, the epoch and the step within it (data position), the plateau
+schedule, and the count of NaN recoveries. Each epoch's input order and
+augmentation are a function of (seed, epoch), and a resumed epoch skips the
+batches already consumed, so a resumed run sees the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from alexnet_tf import distribute, model_dir as model_dir_lib
+from alexnet_tf.errors import UserError
+from alexnet_tf.evaluation import evaluate_model
+from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
+                                     learning_rate_at, scaled_learning_rate)
+
+MIXED_PRECISION = ("none", "bfloat16", "float16")
+
+
+class TrainingError(UserError):
+  """Training stopped for a reason the user must act on (NaN loss, lost worker)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run needs; train.py fills it from flags."""
+  model_dir: str
+  dataset: str = "shapes"
+  data_dir: str | None = None
+  manual_dir: str | None = None
+  train_split: str = "train"
+  validation_split: str = "validation"
+  strategy: str = "default"
+  cpu_replicas: int = 1
+  all_reduce: str = "auto"
+  collective_timeout_s: float | None = None
+  batch_size: int = 128                 # global
+  epochs: int = 90
+  steps_per_epoch: int | None = None    # cap
+  max_steps: int | None = None          # cap on the global step
+  validation_steps: int | None = None   # cap
+  learning_rate: float = 0.01
+  scale_learning_rate: bool = False     # linear scaling rule w.r.t. batch 128
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  decay_biases: bool = False
+  schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+  lr_step_epochs: tuple = (30, 60, 80)  # --lr_schedule=step: epochs where lr is divided by 10
+  warmup_epochs: float = 0.0
+  seed: int | None = None
+  deterministic: bool = False
+  mixed_precision: str = "none"
+  model: dict = dataclasses.field(default_factory=model_dir_lib.default_model_config)
+  random_crop: bool = True
+  random_flip: bool = True
+  pca_lighting: bool = True
+  stats: dict | None = None             # from the dataset_stats tool: mean, eigen-pairs
+  strict_data: bool = False
+  checkpoint_steps: int = 500
+  keep_checkpoints: int = 5
+  log_steps: int = 50
+  export_dir: str | None = None
+  nan_recovery: bool = False            # on NaN: restore last checkpoint, lr / 10
+  max_nan_recoveries: int = 3
+
+
+@dataclasses.dataclass
+class TrainResult:
+  global_step: int
+  epochs_completed: int
+  history: list
+  final_validation: dict | None
+  export_path: str | None
+
+
+# ----------------------------------------------------------------------------
+# Validation of the configuration (before anything expensive happens).
+# ----------------------------------------------------------------------------
+
+def validate_config(config: TrainConfig) -> None:
+  """Checks every setting; raises UserError with one sentence naming the flag."""
+  def positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+      return
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise UserError(f"--{name} must be a positive integer; got {value!r}.")
+
+  positive("batch_size", config.batch_size)
+  positive("epochs", config.epochs)
+  positive("steps_per_epoch", config.steps_per_epoch, allow_none=True)
+  positive("max_steps", config.max_steps, allow_none=True)
+  positive("validation_steps", config.validation_steps, allow_none=True)
+  positive("checkpoint_steps", config.checkpoint_steps)
+  positive("keep_checkpoints", config.keep_checkpoints)
+  positive("log_steps", config.log_steps)
+  positive("cpu_replicas", config.cpu_replicas)
+  if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
+    raise UserError(f"--learning_rate must be a positive number; got {config.learning_rate!r}.")
+  if not 0 <= config.momentum < 1:
+    raise UserError(f"--momentum must be in [0, 1); got {config.momentum!r}.")
+  if not config.weight_decay >= 0:
+    raise UserError(f"--weight_decay must be >= 0; got {config.weight_decay!r}.")
+  if config.warmup_epochs < 0:
+    raise UserError(f"--warmup_epochs must be >= 0; got {config.warmup_epochs!r}.")
+  if config.schedule.name not in SCHEDULES:
+    raise UserError(f"--lr_schedule must be one of {', '.join(SCHEDULES)}; "
+                    f"got {config.schedule.name!r}.")
+  if config.mixed_precision not in MIXED_PRECISION:
+    raise UserError(f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}; "
+                    f"got {config.mixed_precision!r}.")
+  if config.strategy not in distribute.STRATEGIES:
+    raise UserError(f"--strategy must be one of {', '.join(distribute.STRATEGIES)}; "
+                    f"got {config.strategy!r}.")
+  if config.cpu_replicas > 1 and config.strategy not in ("mirrored",):
+    raise UserError("--cpu_replicas > 1 needs --strategy=mirrored.")
+  if config.strategy == "multi_worker" and distribute.tf_config() is None:
+    raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                    "(cluster and task).")
+  if config.seed is not None and not 0 <= config.seed < 2**31:
+    raise UserError(f"--seed must be in [0, 2^31); got {config.seed!r}.")
+  try:
+    from alexnet_tf.model import _validate  # Same checks as AlexNet(...), no model built.
+    m = config.model
+    _validate(towers=m["towers"], activation=m["activation"], lrn=m["lrn"],
+              lrn_scope=m.get("lrn_scope", "tower"), pooling_mode=m["pooling_mode"],
+              initialization=m["initialization"], pooling=None, dropout=m["dropout"],
+              include_top=True, classes=m["classes"])
+    if m["image_size"] not in (224, 227):
+      raise ValueError(f"--image_size must be 227 or 224; got {m['image_size']!r}.")
+  except ValueError as e:
+    raise UserError(str(e).replace("AlexNet: ", "--")) from e
+  _check_model_dir_writable(config.model_dir)
+
+
+def _check_model_dir_writable(path: str) -> None:
+  if not path:
+    raise UserError("--model_dir is required.")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--model_dir {path!r} exists and is not a directory.")
+  parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"--model_dir {path!r} is not writable.")
+
+
+def check_compatible(existing: dict, new: dict, model_dir: str) -> None:
+  """A model dir can only be resumed with the same architecture."""
+  for key in model_dir_lib.ARCHITECTURE_KEYS:
+    if key in existing and existing.get(key) != new.get(key):
+      raise UserError(
+          f"--model_dir {model_dir!r} holds a model with {key}={existing.get(key)!r}, but this "
+          f"run asks for {key}={new.get(key)!r}; use a new --model_dir or the same settings.")
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+
+class _Preemption:
+  """SIGTERM/SIGINT → finish the current step, checkpoint, exit (Kubernetes, cloud VMs)."""
+
+  def __init__(self) -> None:
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self) -> "_Preemption":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread.
+        pass
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    if self.requested:  # Second signal: stop now.
+      raise KeyboardInterrupt
+    self.requested = True
+    print(f"Received signal {signum}: saving a checkpoint after this step.", flush=True)
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint."""
+
+
+def _seed_for(config: TrainConfig, epoch: int) -> int:
+  base = 0 if config.seed is None else config.seed
+  return (base * 100003 + epoch * 7919 + 17) % (2**31 - 1)
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+  """Runs (or resumes) training as configured; returns the final state.
+
+  Raises:
+    UserError / TrainingError: bad configuration, data, NaN loss, lost worker.
+    Preempted: SIGTERM received; a checkpoint was saved first.
+  """
+  from alexnet_tf import datasets, input_pipeline  # Heavy imports only when training.
+
+  validate_config(config)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  if config.seed is not None:
+    keras.utils.set_random_seed(config.seed)
+  strategy = distribute.create_strategy(config.strategy, config.cpu_replicas, config.all_reduce,
+                                        config.collective_timeout_s)
+  replicas = strategy.num_replicas_in_sync
+  per_replica_batch = input_pipeline.per_replica_batch_size(config.batch_size, replicas)
+  chief = distribute.is_chief(strategy)
+
+  train_source = datasets.load_source(config.dataset, config.train_split, config.data_dir,
+                                      config.manual_dir)
+  val_source = datasets.load_source(config.dataset, config.validation_split, config.data_dir,
+                                    config.manual_dir)
+  # Fails fast (UserError) when most files are unreadable, before any model is built.
+  input_pipeline.check_source(train_source, strict=config.strict_data)
+  corrupt = input_pipeline.corrupt_counter("train")
+  model_config = dict(config.model, classes=train_source.num_classes)
+  if config.stats and config.stats.get("mean") is not None:
+    model_config["mean"] = [float(v) for v in config.stats["mean"]]
+  _prepare_model_dir(config, model_config, train_source, chief)
+
+  steps_per_epoch = train_source.num_examples // config.batch_size
+  if steps_per_epoch < 1:
+    raise UserError(f"--batch_size {config.batch_size} is larger than the {config.train_split} "
+                    f"split ({train_source.num_examples} images).")
+  if config.steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+  total_steps = steps_per_epoch * config.epochs
+  if config.max_steps:
+    total_steps = min(total_steps, config.max_steps)
+  schedule = dataclasses.replace(
+      config.schedule,
+      base_lr=scaled_learning_rate(config.learning_rate, config.batch_size,
+                                   scale=config.scale_learning_rate),
+      warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
+      step_boundaries=tuple(int(e) * steps_per_epoch for e in config.lr_step_epochs),
+      total_steps=total_steps)
+
+  if config.mixed_precision != "none":
+    keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+  try:
+    with strategy.scope():
+      model = model_dir_lib.build_model(model_config, config.model_dir,
+                                        classifier_activation=None, seed=config.seed)
+      optimizer = PaperSGD(learning_rate=schedule.base_lr, momentum=config.momentum,
+                           coupled_weight_decay=config.weight_decay,
+                           decay_biases=config.decay_biases)
+      if config.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+      optimizer.build(model.trainable_variables)
+      state = _TrainState(model, optimizer, PlateauState(schedule))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+  manager = _checkpoint_manager(config, state, chief)
+  # Every worker resumes from the chief's checkpoints.
+  restored = model_dir_lib.latest_checkpoint(config.model_dir)
+  if restored:
+    state.checkpoint.restore(restored).assert_existing_objects_matched()
+    log(f"Resumed from {restored}: step {int(state.global_step.numpy())}, epoch "
+        f"{int(state.epoch.numpy())}, step in epoch {int(state.step_in_epoch.numpy())}.")
+
+  metrics = _StepMetrics(strategy)
+  train_step = _make_train_step(strategy, model, optimizer, metrics, config.batch_size,
+                                config.mixed_precision == "float16")
+  writer = _Writers(config.model_dir, chief)
+  history: list = _read_history(config.model_dir) if restored else []
+  final_val = None
+
+  def make_train_dataset(epoch: int, skip_batches: int) -> Any:
+    stats = config.stats or {}
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+      ds = input_pipeline.build_train_dataset(
+          train_source, per_replica_batch, model_config["image_size"], ctx,
+          seed=_seed_for(config, epoch), random_crop=config.random_crop,
+          random_flip=config.random_flip, pca_lighting=config.pca_lighting,
+          eigval=stats.get("eigenvalues"), eigvec=stats.get("eigenvectors"),
+          deterministic=config.deterministic, strict=config.strict_data)
+      per_pipeline = skip_batches * (replicas // max(ctx.num_input_pipelines, 1))
+      return ds.skip(per_pipeline) if per_pipeline else ds
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+  def make_val_dataset() -> Any:
+    def dataset_fn(ctx):
+      ds = input_pipeline.build_eval_dataset(val_source, per_replica_batch,
+                                             model_config["image_size"], ctx,
+                                             strict=config.strict_data)
+      return ds.take(config.validation_steps) if config.validation_steps else ds
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+  start_epoch = int(state.epoch.numpy())
+  step = int(state.global_step.numpy())
+  with _Preemption() as preemption:
+    for epoch in range(start_epoch, config.epochs):
+      if step >= total_steps:
+        break
+      first = int(state.step_in_epoch.numpy())
+      iterator = iter(make_train_dataset(epoch, first))
+      metrics.reset()
+      epoch_start = time.perf_counter()
+      window_start, window_images = epoch_start, 0
+      images_this_epoch = 0
+      for step_in_epoch in range(first, steps_per_epoch):
+        if step >= total_steps:
+          break
+        lr = learning_rate_at(schedule, step, float(state.plateau.scale.numpy()))
+        try:
+          loss = float(train_step(iterator, tf.constant(lr, tf.float32)).numpy())
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError,
+                tf.errors.InternalError) as e:
+          if config.strategy == "multi_worker":
+            raise TrainingError(
+                f"lost contact with another worker at step {step + 1} "
+                f"({type(e).__name__}); restart the whole job to resume from the last "
+                f"checkpoint in {config.model_dir}.") from e
+          raise
+        except tf.errors.OutOfRangeError as e:
+          raise UserError(f"the {config.train_split} split ran out of images at step "
+                          f"{step + 1}; too many unreadable files?") from e
+        step += 1
+        images_this_epoch += config.batch_size
+        window_images += config.batch_size
+        if not math.isfinite(loss):
+          step = _handle_nan(config, state, manager, step, log)
+          metrics.reset()
+          iterator = iter(make_train_dataset(int(state.epoch.numpy()),
+                                             int(state.step_in_epoch.numpy())))
+          continue
+        state.global_step.assign(step)
+        state.step_in_epoch.assign(step_in_epoch + 1)
+        if step % config.log_steps == 0:
+          now = time.perf_counter()
+          rate = window_images / max(now - window_start, 1e-9)
+          m = metrics.result()
+          writer.scalars("train", step, loss=m["loss"], top1=m["top1"], top5=m["top5"],
+                         learning_rate=lr, images_per_sec=rate)
+          log(f"step {step}/{total_steps}  loss {m['loss']:.4f}  top1 {m['top1']:.3f}  "
+              f"lr {lr:.3g}  {rate:.1f} img/s")
+          window_start, window_images = now, 0
+        if step % config.checkpoint_steps == 0:
+          manager.save(step)
+        if preemption.requested:
+          manager.save(step)
+          log(f"Checkpoint saved at step {step}; exiting on the preemption signal.")
+          raise Preempted(f"preempted at step {step}; rerun the same command to resume.")
+      else:
+        # The epoch ran to its end: validate, update the schedule, checkpoint.
+        train_time = time.perf_counter() - epoch_start
+        m = metrics.result()
+        val = evaluate_model(model, make_val_dataset(), strategy,
+                             num_classes=model_config["classes"])
+        final_val = val
+        reduced = state.plateau.update(1.0 - val["top1_accuracy"]) \
+            if schedule.name == "plateau" else False
+        state.epoch.assign(epoch + 1)
+        state.step_in_epoch.assign(0)
+        manager.save(step)
+        rate = images_this_epoch / max(train_time, 1e-9)
+        remaining = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+        record = dict(epoch=epoch + 1, step=step, loss=m["loss"], top1=m["top1"], top5=m["top5"],
+                      val_loss=val["loss"], val_top1=val["top1_accuracy"],
+                      val_top5=val["top5_accuracy"], val_top_k=val["top_k"],
+                      learning_rate=lr, images_per_sec=rate, epoch_seconds=train_time,
+                      corrupt_images_skipped=corrupt.pop(),
+                      lr_reduced=bool(reduced))
+        corrupt.check(num_records=(epoch + 1 - start_epoch) * steps_per_epoch * config.batch_size)
+        history.append(record)
+        writer.epoch(record)
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {m['loss']:.4f}  top1 {m['top1']:.3f}  "
+            f"val_top1 {val['top1_accuracy']:.3f}  val_top{val['top_k']} "
+            f"{val['top5_accuracy']:.3f}  {rate:.1f} img/s  ETA {_fmt_time(remaining)}"
+            + (f"  corrupt skipped {record['corrupt_images_skipped']}"
+               if record["corrupt_images_skipped"] else "")
+            + ("  (lr / 10: validation error stopped improving)" if reduced else ""))
+        continue
+      break  # Step cap reached inside the epoch.
+    if step > 0 and manager.last_saved_step != step:
+      manager.save(step)  # The step cap ended the run mid-epoch.
+
+  writer.close()
+  export_path = None
+  if config.export_dir and chief:
+    export_path = _export(config, model_config, train_source, log)
+  _cleanup_worker_dir(config, chief)
+  return TrainResult(global_step=int(state.global_step.numpy()),
+                     epochs_completed=int(state.epoch.numpy()), history=history,
+                     final_validation=final_val, export_path=export_path)
+
+
+class _TrainState:
+  def __init__(self, model, optimizer, plateau: PlateauState) -> None:
+    self.model = model
+    self.optimizer = optimizer
+    self.plateau = plateau
+    self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    self.nan_recoveries = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, global_step=self.global_step, epoch=self.epoch,
+        step_in_epoch=self.step_in_epoch, plateau=plateau, nan_recoveries=self.nan_recoveries)
+
+
+class _StepMetrics:
+  """Running sums of loss / top-1 / top-5 over an epoch, summed across replicas."""
+
+  def __init__(self, strategy: tf.distribute.Strategy) -> None:
+    with strategy.scope():
+      self.sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False,
+                              synchronization=tf.VariableSynchronization.ON_READ,
+                              aggregation=tf.VariableAggregation.SUM)
+
+  def update(self, per_example_loss, logits, labels) -> None:
+    labels = tf.cast(labels, tf.int32)
+    logits = tf.cast(logits, tf.float32)
+    k = min(5, int(logits.shape[-1]))
+    self.sums.assign_add(tf.stack([
+        tf.reduce_sum(tf.cast(per_example_loss, tf.float64)),
+        tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float64)),
+        tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float64)),
+        tf.cast(tf.size(labels), tf.float64)]))
+
+  def reset(self) -> None:
+    for v in self.sums.values if hasattr(self.sums, "values") else [self.sums]:
+      v.assign(tf.zeros_like(v))
+
+  def result(self) -> dict:
+    s = self.sums.read_value().numpy() if not hasattr(self.sums, "values") else \
+        np.sum([v.numpy() for v in self.sums.values], axis=0)
+    n = max(s[3], 1.0)
+    return dict(loss=s[0] / n, top1=s[1] / n, top5=s[2] / n)
+
+
+def _make_train_step(strategy, model, optimizer, metrics: _StepMetrics, global_batch: int,
+                     loss_scaling: bool):
+  """One optimiser step on one global batch, as a tf.function over the iterator."""
+
+  def step_fn(images, labels, lr):
+    with tf.GradientTape() as tape:
+      logits = tf.cast(model(images, training=True), tf.float32)
+      per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+          tf.cast(labels, tf.int32), logits)
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+      scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+    grads = tape.gradient(scaled, model.trainable_variables)
+    inner = optimizer.inner_optimizer if loss_scaling else optimizer
+    inner.learning_rate.assign(lr)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    metrics.update(per_example, logits, labels)
+    return loss
+
+  @tf.function
+  def train_step(iterator, lr):
+    images, labels = next(iterator)
+    per_replica = strategy.run(step_fn, args=(images, labels, lr))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  return train_step
+
+
+def _handle_nan(config: TrainConfig, state: _TrainState, manager, step: int,
+                log: Callable[[str], None]) -> int:
+  """NaN/Inf loss: stop with a clear message, or restore and lower the learning rate."""
+  last = manager.latest_checkpoint
+  if not config.nan_recovery or last is None or \
+      int(state.nan_recoveries.numpy()) >= config.max_nan_recoveries:
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    raise TrainingError(f"the loss became NaN/Inf at step {step}; {where}. Lower "
+                        "--learning_rate, or pass --nan_recovery to restore and divide it by 10.")
+  recoveries = int(state.nan_recoveries.numpy()) + 1
+  state.checkpoint.restore(last).assert_existing_objects_matched()
+  state.nan_recoveries.assign(recoveries)
+  state.plateau.scale.assign(state.plateau.scale * 0.1)
+  log(f"NaN/Inf loss at step {step}: restored {last} and divided the learning rate by 10 "
+      f"(recovery {recoveries}/{config.max_nan_recoveries}).")
+  return int(state.global_step.numpy())
+
+
+def _worker_model_dir(config: TrainConfig, chief: bool) -> str:
+  if chief:
+    return config.model_dir
+  return os.path.join(tempfile.gettempdir(), f"alexnet_tf_worker_{os.getpid()}")
+
+
+def _cleanup_worker_dir(config: TrainConfig, chief: bool) -> None:
+  if not chief:
+    shutil.rmtree(_worker_model_dir(config, chief), ignore_errors=True)
+
+
+def _checkpoint_manager(config: TrainConfig, state: _TrainState,
+                        chief: bool) -> "_Saver":
+  """The chief writes MODEL_DIR/checkpoints; other workers write a temp dir (TF's
+  multi-worker rule: every worker saves, only the chief's copy is kept). Every
+  worker restores from the chief's directory."""
+  directory = model_dir_lib.checkpoint_dir(_worker_model_dir(config, chief))
+  return _Saver(tf.train.CheckpointManager(state.checkpoint, directory,
+                                           max_to_keep=config.keep_checkpoints,
+                                           step_counter=state.global_step,
+                                           checkpoint_name="ckpt"), config.model_dir)
+
+
+class _Saver:
+  """A CheckpointManager that remembers the last step saved and reports write failures."""
+
+  def __init__(self, manager: tf.train.CheckpointManager, model_dir: str) -> None:
+    self.manager = manager
+    self.model_dir = model_dir
+    self.last_saved_step: int | None = None
+
+  @property
+  def latest_checkpoint(self) -> str | None:
+    return self.manager.latest_checkpoint
+
+  def save(self, step: int) -> str:
+    try:
+      path = self.manager.save(checkpoint_number=step)
+    except (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError,
+            tf.errors.FailedPreconditionError, OSError) as e:
+      raise TrainingError(f"could not write a checkpoint at step {step} to "
+                          f"{self.manager.directory} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); the previous checkpoint "
+                          f"{self.manager.latest_checkpoint} is intact.") from e
+    self.last_saved_step = step
+    return path
+
+
+def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: bool) -> None:
+  existing = None
+  if os.path.isfile(model_dir_lib.config_path(config.model_dir)):
+    existing = model_dir_lib.read_config(config.model_dir)
+    check_compatible(existing["model"], model_config, config.model_dir)
+  if not chief:
+    return
+  try:
+    os.makedirs(config.model_dir, exist_ok=True)
+    model_dir_lib.write_config(config.model_dir, dict(
+        model=model_config, class_names=source.class_names,
+        dataset=dict(name=config.dataset, data_dir=config.data_dir,
+                     train_split=config.train_split, validation_split=config.validation_split),
+        preprocessing=dict(resize_shorter_side=256, central_crop=256,
+                           image_size=model_config["image_size"], mean=model_config["mean"]),
+        stats=config.stats))
+  except OSError as e:
+    raise UserError(f"--model_dir {config.model_dir!r} is not writable ({e.strerror}).") from e
+
+
+class _Writers:
+  """TensorBoard summaries and metrics.jsonl in the model dir (chief only)."""
+
+  def __init__(self, model_dir: str, chief: bool) -> None:
+    self.chief = chief
+    self.model_dir = model_dir
+    if chief:
+      self.train = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "train"))
+      self.val = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "validation"))
+
+  def scalars(self, which: str, step: int, **values: float) -> None:
+    if not self.chief:
+      return
+    with (self.train if which == "train" else self.val).as_default():
+      for name, value in values.items():
+        tf.summary.scalar(name, value, step=step)
+
+  def epoch(self, record: dict) -> None:
+    if not self.chief:
+      return
+    step = record["step"]
+    self.scalars("train", step, epoch_loss=record["loss"], epoch_top1=record["top1"],
+                 epoch_top5=record["top5"], images_per_sec=record["images_per_sec"])
+    self.scalars("validation", step, loss=record["val_loss"], top1=record["val_top1"],
+                 top5=record["val_top5"])
+    with open(os.path.join(self.model_dir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def close(self) -> None:
+    if self.chief:
+      self.train.flush()
+      self.val.flush()
+
+
+def _read_history(model_dir: str) -> list:
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _export(config: TrainConfig, model_config: dict, source, log) -> str | None:
+  try:
+    from alexnet_tf import export as export_lib
+  except ImportError:
+    log("--export_dir: SavedModel export is not available in this version yet.")
+    return None
+  model, cfg = model_dir_lib.restore_model(config.model_dir)
+  path = export_lib.export_saved_model(model, config.export_dir,
+                                       class_names=cfg.get("class_names"),
+                                       image_size=model_config["image_size"])
+  log(f"Exported the SavedModel to {path}")
+  return path

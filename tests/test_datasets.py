@@ -1,0 +1,220 @@
+"""Tests of alexnet_tf.datasets and alexnet_tf.shapes: sources, sharding, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import datasets, shapes
+from alexnet_tf.errors import UserError
+from conftest import encode_image, smooth_image
+
+SPEC = {"image": tf.TensorSpec([], tf.string), "label": tf.TensorSpec([], tf.int64),
+        "filename": tf.TensorSpec([], tf.string)}
+
+
+def _all(ds):
+  return [{k: v.numpy() for k, v in e.items()} for e in ds]
+
+
+def test_folder_source(image_folder):
+  root = image_folder(classes=("zebra", "ant", "cat"), per_class=2)
+  src = datasets.load_source("folder", "train", root)
+  assert (src.name, src.split, src.num_examples, src.num_classes) == ("folder", "train", 6, 3)
+  assert src.class_names == ["ant", "cat", "zebra"]
+  ds = src.records()
+  assert ds.element_spec == SPEC
+  recs = _all(ds)
+  assert len(recs) == 6
+  for r in recs:
+    name = r["filename"].decode()
+    assert src.class_names[r["label"]] == os.path.basename(os.path.dirname(name))
+    assert r["image"] == open(name, "rb").read()
+
+
+@pytest.mark.parametrize("alias", ["val", "test"])
+def test_folder_validation_aliases(image_folder, alias):
+  root = image_folder(splits=("train", alias), per_class=1)
+  src = datasets.load_source("folder", "validation", root)
+  assert src.num_examples == 2 and src.split == "validation"
+
+
+def test_folder_validation_subset_of_train_classes(image_folder):
+  root = image_folder(classes=("a", "b", "c"), per_class=1, splits=("train",))
+  image_folder  # Validation has only class "c": its label must still be 2.
+  os.makedirs(os.path.join(root, "validation", "c"))
+  with open(os.path.join(root, "validation", "c", "x.png"), "wb") as f:
+    f.write(encode_image(np.zeros((10, 10, 3), np.uint8), "PNG"))
+  src = datasets.load_source("folder", "validation", root)
+  assert src.num_classes == 3 and [r["label"] for r in _all(src.records())] == [2]
+
+
+def test_folder_errors(image_folder, tmp_path):
+  with pytest.raises(UserError, match="not a folder"):
+    datasets.load_source("folder", "train", str(tmp_path / "missing"))
+  with pytest.raises(UserError, match="--data_dir"):
+    datasets.load_source("folder", "train", None)
+  root = image_folder(splits=("train",), per_class=1)
+  with pytest.raises(UserError, match="no folder for split 'validation'"):
+    datasets.load_source("folder", "validation", root)
+  os.makedirs(os.path.join(root, "train", "empty_class"))
+  with open(os.path.join(root, "train", "empty_class", "notes.txt"), "w") as f:
+    f.write("not an image")
+  with pytest.raises(UserError, match="empty_class has no images"):
+    datasets.load_source("folder", "train", root)
+  empty = tmp_path / "empty" / "train"
+  empty.mkdir(parents=True)
+  with pytest.raises(UserError, match="empty"):
+    datasets.load_source("folder", "train", str(tmp_path / "empty"))
+
+
+def test_unknown_dataset_and_imagenet_message(tmp_path):
+  with pytest.raises(UserError, match="unknown --dataset=no_such_dataset_xyz"):
+    datasets.load_source("no_such_dataset_xyz", "train", str(tmp_path))
+  with pytest.raises(UserError) as e:
+    datasets.load_source("imagenet2012", "train", str(tmp_path), str(tmp_path / "manual"))
+  msg = str(e.value)
+  assert "ILSVRC2012_img_train.tar" in msg and "ILSVRC2012_img_val.tar" in msg
+  assert str(tmp_path / "manual") in msg
+
+
+def _make_records(root, tmp_path, name="rec", num_shards=2):
+  from alexnet_tf.tools import make_tfrecords
+  dst = str(tmp_path / name)
+  make_tfrecords.convert(root, dst, num_shards=num_shards, log=lambda s: None)
+  return dst
+
+
+def test_tfrecord_source(image_folder, tmp_path):
+  root = image_folder(classes=("a", "b"), per_class=3)
+  dst = _make_records(root, tmp_path)
+  src = datasets.load_source("tfrecord", "train", dst)
+  assert (src.num_examples, src.num_classes, src.class_names) == (6, 2, ["a", "b"])
+  ds = src.records()
+  assert ds.element_spec == SPEC
+  recs = _all(ds)
+  assert sorted(r["filename"].decode() for r in recs) == sorted(
+      os.path.join("train", c, f"{i}.jpg") for c in "ab" for i in range(3))
+  for r in recs:
+    assert r["filename"].decode().split(os.sep)[1] == "ab"[r["label"]]
+    assert min(tf.image.extract_jpeg_shape(r["image"]).numpy()[:2]) <= 256
+  # Without metadata.json and labels.txt: counted by one pass, classes = max label + 1.
+  os.remove(os.path.join(dst, "metadata.json"))
+  os.remove(os.path.join(dst, "labels.txt"))
+  src = datasets.load_source("tfrecord", "validation", dst)
+  assert (src.num_examples, src.num_classes, src.class_names) == (6, 2, None)
+  # A glob with {split}.
+  src = datasets.load_source("tfrecord", "validation", os.path.join(dst, "{split}-*"))
+  assert src.num_examples == 6
+  with pytest.raises(UserError, match="matches no TFRecord"):
+    datasets.load_source("tfrecord", "train", os.path.join(dst, "nothing-*"))
+
+
+def test_tfds_mock_source():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=5):
+    src = datasets.load_source("tf_flowers", "train")
+    assert src.num_examples == 5 and src.num_classes == 5 and len(src.class_names) == 5
+    ds = src.records()
+    assert ds.element_spec == SPEC
+    recs = _all(ds)
+    assert len(recs) == 5
+    assert all(tf.io.decode_image(r["image"]).shape[-1] == 3 for r in recs)
+
+
+def test_same_element_spec_everywhere(image_folder, tmp_path, shapes_root):
+  root = image_folder(per_class=1)
+  specs = [
+      datasets.load_source("folder", "train", root).records().element_spec,
+      datasets.load_source("tfrecord", "train", _make_records(root, tmp_path)).records()
+      .element_spec,
+      datasets.load_source("shapes", "train", shapes_root).records().element_spec,
+      datasets.in_memory_source([b"x"], [0]).records().element_spec,
+  ]
+  assert all(s == SPEC for s in specs)
+
+
+def _shard_union(src, n):
+  names = []
+  for i in range(n):
+    ctx = tf.distribute.InputContext(num_input_pipelines=n, input_pipeline_id=i,
+                                     num_replicas_in_sync=n)
+    part = [r["filename"] for r in _all(src.records(ctx))]
+    assert len(part) == src.shard_num_examples(ctx)
+    names += part
+  return names
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_tfrecord_sharding_covers_each_record_once(image_folder, tmp_path, num_shards):
+  root = image_folder(per_class=4, splits=("train",))
+  src = datasets.load_source("tfrecord", "train", _make_records(root, tmp_path,
+                                                                num_shards=num_shards))
+  names = _shard_union(src, 2)
+  assert sorted(names) == sorted(r["filename"] for r in _all(src.records()))
+  assert len(set(names)) == 8
+
+
+def test_folder_sharding_and_shuffle(shapes_root):
+  src = datasets.load_source("shapes", "train", shapes_root)
+  names = _shard_union(src, 3)
+  assert len(names) == len(set(names)) == src.num_examples
+  a = [r["filename"] for r in _all(src.records(shuffle=True, seed=1))]
+  b = [r["filename"] for r in _all(src.records(shuffle=True, seed=1))]
+  assert a == b and sorted(a) == sorted(names) and a != sorted(a)
+
+
+def test_tfds_sharding_with_one_file():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=7):
+    src = datasets.load_source("tf_flowers", "train")
+    ctx = tf.distribute.InputContext(2, 1, 2)
+    assert src.shard_num_examples(ctx) == 3
+
+
+def test_shapes_generate(tmp_path, shapes_root):
+  assert sorted(os.listdir(os.path.join(shapes_root, "train"))) == sorted(shapes.CLASS_NAMES)
+  files = tf.io.gfile.glob(os.path.join(shapes_root, "train", "*", "*.jpg"))
+  assert len(files) == 60
+  for f in files[:10]:
+    h, w, _ = tf.image.extract_jpeg_shape(tf.io.read_file(f)).numpy()
+    assert 256 <= min(h, w) <= 320 and max(h, w) <= 1.5 * min(h, w) + 1
+  src = datasets.load_source("shapes", "validation", shapes_root)
+  assert (src.name, src.num_examples, src.num_classes) == ("shapes", 24, 6)
+  # Deterministic: the same seed gives the same bytes; idempotent: not rewritten.
+  other = shapes.generate(str(tmp_path / "again"), 60, 24)
+  same = os.path.join(other, "train", "star", "train_000004.jpg")
+  assert open(same, "rb").read() == open(os.path.join(shapes_root, "train", "star",
+                                                        "train_000004.jpg"), "rb").read()
+  mtime = os.path.getmtime(same)
+  shapes.generate(other, 60, 24)
+  assert os.path.getmtime(same) == mtime
+  # A cache without its marker (half-written) is regenerated.
+  os.remove(os.path.join(other, shapes.MARKER))
+  os.remove(same)
+  shapes.generate(other, 60, 24)
+  assert os.path.exists(same) and shapes.is_complete(other, 60, 24)
+  # A folder with foreign files is refused, not deleted.
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "mine.txt").write_text("x")
+  with pytest.raises(UserError, match="other files"):
+    shapes.generate(str(foreign), 60, 24)
+
+
+def test_shapes_default_dir(isolated_cache):
+  assert shapes.default_dir() == os.path.join(isolated_cache, "shapes")
+
+
+def test_in_memory_source_errors():
+  with pytest.raises(UserError):
+    datasets.in_memory_source([], [])
+  with pytest.raises(UserError):
+    datasets.in_memory_source([b"x"], [0, 1])
+  src = datasets.in_memory_source([encode_image(smooth_image(np.random.default_rng(0), 9, 9))],
+                                  [3])
+  assert src.num_classes == 4

@@ -1,0 +1,543 @@
+"""SavedModel export for TF Serving (issue 6, SPEC §2).
+
+One model dir and one export are shared by the module. The export is loaded in a fresh Python
+process that imports only TensorFlow and tensorflow-serving-api (not alexnet_tf), as TF Serving
+would load it; that process answers every request of the module at once and the test process
+compares the answers with the Keras model on images preprocessed here with independent TF ops.
+TF Serving itself (binary/docker) is not available on this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import predict_pb2
+
+from alexnet_tf import AlexNet, export
+from alexnet_tf.errors import UserError
+from alexnet_tf.model_dir import default_model_config, restore_model, write_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASS_NAMES = ["circle", "square", "triangle"]
+SIZE = 227
+TOL = 1e-5
+BIN = os.path.dirname(sys.executable)
+
+
+def _load_example(name):
+  path = os.path.join(REPO, "examples", "serving", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"serving_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+rest_client = _load_example("rest_client")
+grpc_client = _load_example("grpc_client")
+
+
+def _env():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _pixels(height, width, seed):
+  """A smooth random RGB image (uint8), so resampling differences are visible but bounded."""
+  rng = np.random.default_rng(seed)
+  small = rng.uniform(0, 255, (height // 8 + 2, width // 8 + 2, 3)).astype(np.float32)
+  big = tf.image.resize(small[None], [height, width], method="bicubic")[0].numpy()
+  noise = rng.normal(0, 12, (height, width, 3))
+  return np.clip(big + noise, 0, 255).astype(np.uint8)
+
+
+def _make_images():
+  rgb = _pixels(300, 400, 1)              # landscape JPEG, downscaled to 256x341
+  portrait = _pixels(250, 180, 2)         # PNG smaller than 256: upscaled to 356x256
+  gray = _pixels(200, 200, 3)[..., :1]    # grayscale PNG
+  rgba = np.concatenate([_pixels(260, 300, 4), np.full((260, 300, 1), 77, np.uint8)], -1)
+  return {
+      "jpeg": tf.io.encode_jpeg(rgb, quality=90).numpy(),
+      "png": tf.io.encode_png(portrait).numpy(),
+      "gray_png": tf.io.encode_png(gray).numpy(),
+      "rgba_png": tf.io.encode_png(rgba).numpy(),
+      "gray_jpeg": tf.io.encode_jpeg(_pixels(320, 240, 5)[..., :1]).numpy(),
+  }
+
+
+def _reference_resized(data: bytes) -> np.ndarray:
+  """Independent reference: decode to RGB, shorter side to 256 (bilinear, antialiased), the
+  central 256x256 patch. float32 [256, 256, 3]."""
+  if data[:2] == b"\xff\xd8":
+    image = tf.io.decode_jpeg(data, channels=3)
+  else:
+    image = tf.io.decode_png(data, channels=3)  # gray -> RGB, RGBA -> RGB (alpha dropped)
+  h, w = image.shape[:2]
+  m = min(h, w)
+  new_h, new_w = max(round(h * 256 / m), 256), max(round(w * 256 / m), 256)
+  resized = tf.image.resize(tf.cast(image, tf.float32)[None], [new_h, new_w],
+                            method="bilinear", antialias=True)[0]
+  resized = tf.clip_by_value(resized, 0.0, 255.0).numpy()
+  top, left = (new_h - 256) // 2, (new_w - 256) // 2
+  return resized[top:top + 256, left:left + 256]
+
+
+def _reference_crop(data: bytes) -> np.ndarray:
+  o = (256 - SIZE) // 2
+  return _reference_resized(data)[o:o + SIZE, o:o + SIZE]
+
+
+def _reference_ten_crops(data: bytes) -> np.ndarray:
+  image = _reference_resized(data)
+  d, o = 256 - SIZE, (256 - SIZE) // 2
+  crops = []
+  for im in (image, image[:, ::-1]):
+    crops += [im[:SIZE, :SIZE], im[:SIZE, d:], im[d:, :SIZE], im[d:, d:],
+              im[o:o + SIZE, o:o + SIZE]]
+  return np.stack(crops)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _make_model_dir(path: str, with_checkpoint: bool = True):
+  model = AlexNet(classes=3, seed=0)
+  write_config(path, {"model": default_model_config(classes=3), "class_names": CLASS_NAMES})
+  if with_checkpoint:
+    tf.train.Checkpoint(model=model).save(os.path.join(path, "checkpoints", "ckpt"))
+  return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  root = tmp_path_factory.mktemp("export")
+  model_dir = str(root / "model_dir")
+  model = _make_model_dir(model_dir)
+  # The model dir round-trips: restore_model reads back what Checkpoint.save wrote.
+  restored, config = restore_model(model_dir)
+  assert config["class_names"] == CLASS_NAMES
+  for a, b in zip(model.weights, restored.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  base = str(root / "serving")
+  path = export.export_model_dir(model_dir, base)
+  return dict(model=model, model_dir=model_dir, base=base, path=path, root=root)
+
+
+# The "server": a fresh process that loads the SavedModel the way TF Serving does (no alexnet_tf
+# import, so no Python code of ours is needed) and answers the requests it is given.
+_SERVER_SCRIPT = textwrap.dedent("""
+    import base64, json, pickle, sys
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+    assert "alexnet_tf" not in sys.modules
+    path, requests_file, answers_file = sys.argv[1:]
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    with open(requests_file, "rb") as f:
+      requests = pickle.load(f)
+    answers = {"signatures": sorted(loaded.signatures.keys()), "inputs": {}}
+    for name, fn in loaded.signatures.items():
+      answers["inputs"][name] = {k: (v.dtype.name, v.shape.as_list())
+                                 for k, v in fn.structured_input_signature[1].items()}
+
+    def call(signature, inputs):
+      out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+      return {k: v.numpy() for k, v in out.items()}
+
+    for key, kind, payload in requests:
+      try:
+        if kind == "call":
+          signature, inputs = payload
+          answers[key] = call(signature, inputs)
+        elif kind == "grpc":  # A serialized PredictRequest -> a serialized PredictResponse.
+          request = predict_pb2.PredictRequest.FromString(payload)
+          inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+          outputs = call(request.model_spec.signature_name or "serving_default", inputs)
+          response = predict_pb2.PredictResponse()
+          response.model_spec.CopyFrom(request.model_spec)
+          for k, v in outputs.items():
+            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+          answers[key] = response.SerializeToString()
+        elif kind == "rest":  # TF Serving decodes {"b64": ...} itself before the graph sees it.
+          body = json.loads(payload)
+          column = [base64.b64decode(i["image_bytes"]["b64"]) for i in body["instances"]]
+          answers[key] = call(body["signature_name"], {"image_bytes": np.array(column, object)})
+      except tf.errors.InvalidArgumentError as e:
+        answers[key] = ("InvalidArgumentError", e.message)
+    with open(answers_file, "wb") as f:
+      pickle.dump(answers, f)
+""")
+
+
+@pytest.fixture(scope="module")
+def images():
+  return _make_images()
+
+
+@pytest.fixture(scope="module")
+def served(exported, images, tmp_path_factory):
+  """Answers of the fresh-process SavedModel to every request of this module."""
+  rng = np.random.default_rng(7)
+  batch7 = rng.uniform(0, 255, (7, SIZE, SIZE, 3)).astype(np.float32)
+  mixed7 = [images[k] for k in ("jpeg", "png", "gray_png", "rgba_png", "gray_jpeg", "jpeg",
+                                "png")]
+  requests = [(f"bytes_{k}", "call", ("serving_default", {"image_bytes": np.array([v], object)}))
+              for k, v in images.items()]
+  requests += [
+      ("bytes_batch7", "call", ("serving_default", {"image_bytes": np.array(mixed7, object)})),
+      ("images_batch1", "call", ("serving_images", {"images": batch7[:1]})),
+      ("images_batch7", "call", ("serving_images", {"images": batch7})),
+      ("ten_crop", "call", ("serving_ten_crop",
+                            {"image_bytes": np.array([images["jpeg"], images["png"]], object)})),
+      ("not_an_image", "call", ("serving_default",
+                                {"image_bytes": np.array([images["jpeg"], b"hello"], object)})),
+      ("after_not_an_image", "call", ("serving_default",
+                                      {"image_bytes": np.array([images["jpeg"]], object)})),
+      ("empty", "call", ("serving_default", {"image_bytes": np.array([b""], object)})),
+      ("truncated_jpeg", "call", ("serving_default",
+                                  {"image_bytes": np.array([images["jpeg"][:200]], object)})),
+      ("after_empty", "call", ("serving_default", {"image_bytes": np.array([images["png"]],
+                                                                           object)})),
+      ("grpc", "grpc", grpc_client.build_request([images["jpeg"], images["rgba_png"]],
+                                                 model="alexnet").SerializeToString()),
+      ("rest", "rest", json.dumps(rest_client.build_request([images["gray_png"],
+                                                             images["jpeg"]]))),
+  ]
+  work = tmp_path_factory.mktemp("served")
+  with open(work / "requests.pkl", "wb") as f:
+    pickle.dump(requests, f)
+  proc = subprocess.run(
+      [sys.executable, "-c", _SERVER_SCRIPT, exported["path"], str(work / "requests.pkl"),
+       str(work / "answers.pkl")],
+      capture_output=True, text=True, timeout=300, env=_env(), cwd=str(work))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(work / "answers.pkl", "rb") as f:
+    answers = pickle.load(f)
+  answers["_batch7"] = batch7
+  answers["_mixed7"] = mixed7
+  return answers
+
+
+def _keras(model, batch) -> np.ndarray:
+  return model(np.asarray(batch, np.float32), training=False).numpy()
+
+
+def _check_outputs(out, batch, k=3, labels=True):
+  assert set(out) == {"probabilities", "top_k_classes", "top_k_scores"} | (
+      {"top_k_labels"} if labels else set())
+  assert out["probabilities"].dtype == np.float32 and out["probabilities"].shape == (batch, 3)
+  assert out["top_k_classes"].dtype == np.int32 and out["top_k_classes"].shape == (batch, k)
+  assert out["top_k_scores"].dtype == np.float32 and out["top_k_scores"].shape == (batch, k)
+  order = np.argsort(-out["probabilities"], axis=1, kind="stable")[:, :k]
+  np.testing.assert_array_equal(np.sort(out["top_k_classes"], 1), np.sort(order, 1))
+  np.testing.assert_allclose(
+      out["top_k_scores"], np.take_along_axis(out["probabilities"], out["top_k_classes"], 1))
+  if labels:
+    assert out["top_k_labels"].shape == (batch, k)
+    names = np.array([n.encode() for n in CLASS_NAMES], object)
+    np.testing.assert_array_equal(out["top_k_labels"], names[out["top_k_classes"]])
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_layout_and_assets(exported):
+  base, path = exported["base"], exported["path"]
+  assert path == os.path.join(base, "1")
+  assert sorted(os.listdir(base)) == ["1"]  # No temporary directory left behind.
+  assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+  assert os.path.isdir(os.path.join(path, "variables"))
+  with open(os.path.join(path, "assets", "labels.txt")) as f:
+    assert f.read().splitlines() == CLASS_NAMES
+  with open(os.path.join(path, "assets", "preprocessing.json")) as f:
+    settings = json.load(f)
+  assert settings["image_size"] == SIZE and settings["resize_shorter_side"] == 256
+  assert settings["top_k"] == 3 and settings["classes"] == 3
+  assert settings["model"]["classes"] == 3
+  # labels.txt is a real SavedModel asset (read by the label lookup table when loaded).
+  sm = saved_model_pb2.SavedModel.FromString(open(os.path.join(path, "saved_model.pb"),
+                                                  "rb").read())
+  assets = [a.filename for a in sm.meta_graphs[0].asset_file_def]
+  assert assets == ["labels.txt"]
+
+
+def test_weights_stored_once(exported):
+  """Each weight is in variables/ once (keras-team/keras#23553 stores them twice)."""
+  reader = tf.train.load_checkpoint(os.path.join(exported["path"], "variables", "variables"))
+  stored = sum(int(np.prod(s)) for s in reader.get_variable_to_shape_map().values())
+  assert stored == exported["model"].count_params()
+
+
+def test_no_xla_must_compile(exported):
+  path = exported["path"]
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    assert b"_XlaMustCompile" not in f.read()
+  assert export.xla_must_compile_functions(path) == []
+
+
+def test_signatures_in_fresh_process(served):
+  assert served["signatures"] == ["serving_default", "serving_images", "serving_ten_crop"]
+  assert served["inputs"]["serving_default"] == {"image_bytes": ("string", [None])}
+  assert served["inputs"]["serving_ten_crop"] == {"image_bytes": ("string", [None])}
+  assert served["inputs"]["serving_images"] == {"images": ("float32", [None, SIZE, SIZE, 3])}
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "gray_png", "rgba_png", "gray_jpeg"])
+def test_serving_default_matches_keras(served, exported, images, kind):
+  out = served[f"bytes_{kind}"]
+  _check_outputs(out, 1)
+  expected = _keras(exported["model"], _reference_crop(images[kind])[None])
+  np.testing.assert_allclose(out["probabilities"], expected, atol=TOL, rtol=0)
+
+
+def test_comparison_is_sensitive_to_preprocessing(served, exported, images):
+  """Cropping 227 straight from the resized JPEG (one pixel off the paper's two-step crop)
+  gives a clearly different answer, so the 1e-5 agreement above is a real check."""
+  resized = _reference_resized(images["jpeg"])
+  shifted = resized[14:14 + SIZE, 15:15 + SIZE]
+  wrong = _keras(exported["model"], shifted[None])
+  assert np.abs(served["bytes_jpeg"]["probabilities"] - wrong).max() > 100 * TOL
+
+
+def test_serving_default_batch7_mixed_formats(served, exported):
+  out = served["bytes_batch7"]
+  _check_outputs(out, 7)
+  expected = _keras(exported["model"], np.stack([_reference_crop(b) for b in served["_mixed7"]]))
+  np.testing.assert_allclose(out["probabilities"], expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_serving_images_matches_keras(served, exported, batch):
+  out = served[f"images_batch{batch}"]
+  _check_outputs(out, batch)
+  expected = _keras(exported["model"], served["_batch7"][:batch])
+  np.testing.assert_allclose(out["probabilities"], expected, atol=TOL, rtol=0)
+
+
+def test_serving_ten_crop(served, exported, images):
+  out = served["ten_crop"]
+  _check_outputs(out, 2)
+  expected = [_keras(exported["model"], _reference_ten_crops(images[k])).mean(0)
+              for k in ("jpeg", "png")]
+  np.testing.assert_allclose(out["probabilities"], np.stack(expected), atol=TOL, rtol=0)
+
+
+def test_dropout_is_off(served, exported):
+  """Inference is deterministic and equals the Keras model with training=False."""
+  np.testing.assert_allclose(served["images_batch1"]["probabilities"],
+                             served["images_batch7"]["probabilities"][:1], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("key,message", [("not_an_image", "Unknown image file format"),
+                                         ("empty", "image_bytes is empty"),
+                                         ("truncated_jpeg", "")])
+def test_bad_input_is_invalid_argument(served, key, message):
+  kind, text = served[key]
+  assert kind == "InvalidArgumentError"
+  assert message in text
+
+
+def test_model_keeps_working_after_bad_input(served, exported, images):
+  for key, image in (("after_not_an_image", "jpeg"), ("after_empty", "png")):
+    out = served[key]
+    _check_outputs(out, 1)
+    expected = _keras(exported["model"], _reference_crop(images[image])[None])
+    np.testing.assert_allclose(out["probabilities"], expected, atol=TOL, rtol=0)
+
+
+def test_grpc_predict_request(served, exported, images):
+  request = grpc_client.build_request([images["jpeg"]], model="m", signature_name="serving_ten_crop",
+                                       version=3)
+  assert request.model_spec.signature_name == "serving_ten_crop"
+  assert request.model_spec.name == "m" and request.model_spec.version.value == 3
+  assert request.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+  response = predict_pb2.PredictResponse.FromString(served["grpc"])
+  assert response.model_spec.name == "alexnet"
+  out = grpc_client.parse_response(response)
+  _check_outputs(out, 2)
+  batch = np.stack([_reference_crop(images["jpeg"]), _reference_crop(images["rgba_png"])])
+  np.testing.assert_allclose(out["probabilities"], _keras(exported["model"], batch), atol=TOL,
+                             rtol=0)
+  lines = grpc_client.format_predictions(["a.jpg", "b.png"], out)
+  assert lines[0].startswith("a.jpg: ") and any(n in lines[0] for n in CLASS_NAMES)
+
+
+def test_rest_request_body(served, exported, images):
+  body = rest_client.build_request([images["gray_png"]])
+  assert body["signature_name"] == "serving_default"
+  assert base64.b64decode(body["instances"][0]["image_bytes"]["b64"]) == images["gray_png"]
+  assert rest_client.predict_url("http://h:8501/", "alexnet", 3) == (
+      "http://h:8501/v1/models/alexnet/versions/3:predict")
+  out = served["rest"]
+  _check_outputs(out, 2)
+  batch = np.stack([_reference_crop(images["gray_png"]), _reference_crop(images["jpeg"])])
+  np.testing.assert_allclose(out["probabilities"], _keras(exported["model"], batch), atol=TOL,
+                             rtol=0)
+  row = {k: v[0].tolist() for k, v in out.items()}
+  row["top_k_labels"] = [b.decode() for b in row["top_k_labels"]]
+  assert rest_client.format_prediction("x.png", row).startswith("x.png: ")
+
+
+def test_saved_model_cli_lists_signatures(exported):
+  proc = subprocess.run([os.path.join(BIN, "saved_model_cli"), "show", "--dir", exported["path"],
+                         "--all"], capture_output=True, text=True, timeout=120, env=_env())
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  for name in ("serving_default", "serving_images", "serving_ten_crop"):
+    assert f"signature_def['{name}']" in out
+  assert "inputs['image_bytes'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in out
+  assert "inputs['images'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1, 227, 227, 3)" in out
+  assert "outputs['top_k_classes'] tensor_info:\n        dtype: DT_INT32" in out
+  assert "outputs['top_k_labels'] tensor_info:\n        dtype: DT_STRING" in out
+  assert "XlaMustCompile" not in out
+
+
+# ----------------------------------------------------------------------------- versions
+
+
+def test_version_numbers(tmp_path):
+  base = str(tmp_path)
+  assert export.list_versions(base) == [] and export.next_version(base) == 1
+  for name in ("3", "10", "007", ".tmp-export-x", "abc", "1a"):
+    os.makedirs(os.path.join(base, name))
+  open(os.path.join(base, "99"), "w").close()  # A file, not a version.
+  assert export.list_versions(base) == [3, 7, 10]
+  assert export.next_version(base) == 11
+  assert export.next_version(os.path.join(base, "missing")) == 1
+
+
+def test_interrupted_export_leaves_no_version(exported, monkeypatch, tmp_path):
+  base = str(tmp_path / "serving")
+  os.makedirs(os.path.join(base, "4"))
+
+  def half_written(model, path, staging, **kwargs):
+    os.makedirs(os.path.join(path, "variables"))
+    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+      f.write(b"\x08\x01half")
+    raise KeyboardInterrupt  # Ctrl-C (or any failure) in the middle of writing.
+
+  monkeypatch.setattr(export, "_write_archive", half_written)
+  with pytest.raises(KeyboardInterrupt):
+    export.export_saved_model(exported["model"], base, class_names=CLASS_NAMES)
+  assert sorted(os.listdir(base)) == ["4"]
+
+  def fails(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(export, "_write_archive", fails)
+  with pytest.raises(OSError):
+    export.export_saved_model(exported["model"], base, version=9)
+  assert sorted(os.listdir(base)) == ["4"]
+
+
+def test_existing_version_is_refused(exported):
+  with pytest.raises(UserError, match="version 1 already exists"):
+    export.export_saved_model(exported["model"], exported["base"], version=1)
+
+
+def test_bad_arguments(exported, tmp_path):
+  model, base = exported["model"], str(tmp_path)
+  with pytest.raises(UserError, match="2 class names but the model has 3"):
+    export.export_saved_model(model, base, class_names=["a", "b"])
+  with pytest.raises(UserError, match="line break"):
+    export.export_saved_model(model, base, class_names=["a", "b\nc", "d"])
+  with pytest.raises(UserError, match="top_k"):
+    export.export_saved_model(model, base, top_k=0)
+  with pytest.raises(UserError, match="version"):
+    export.export_saved_model(model, base, version=0)
+  with pytest.raises(UserError, match="image_size"):
+    export.export_saved_model(model, base, image_size=224)
+  assert os.listdir(base) == []
+
+
+def test_model_dir_without_checkpoint(tmp_path):
+  model_dir = str(tmp_path / "untrained")
+  write_config(model_dir, {"model": default_model_config(classes=3), "class_names": None})
+  with pytest.raises(UserError, match="no checkpoint"):
+    export.export_model_dir(model_dir, str(tmp_path / "serving"))
+  assert not os.path.exists(tmp_path / "serving")
+
+
+def test_keras_file_export_increments_version(exported, tmp_path):
+  """A .keras file exports too (no class names: no top_k_labels); the version goes up."""
+  path = str(tmp_path / "m.keras")
+  exported["model"].save(path)
+  new = export.export_keras_file(path, exported["base"], top_k=2)
+  assert new == os.path.join(exported["base"], "2")
+  sm = saved_model_pb2.SavedModel.FromString(open(os.path.join(new, "saved_model.pb"),
+                                                  "rb").read())
+  signature = sm.meta_graphs[0].signature_def["serving_default"]
+  assert sorted(signature.outputs) == ["probabilities", "top_k_classes", "top_k_scores"]
+  assert [d.size for d in signature.outputs["top_k_classes"].tensor_shape.dim] == [-1, 2]
+  assert not os.path.exists(os.path.join(new, "assets", "labels.txt"))
+  assert export.xla_must_compile_functions(new) == []
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "alexnet_tf.export", *args], capture_output=True,
+                        text=True, timeout=300, env=_env(), cwd=REPO)
+
+
+def test_cli_exports_next_version(exported):
+  proc = _cli(f"--model_dir={exported['model_dir']}", f"--export_dir={exported['base']}",
+              "--top_k=1", "--noten_crop")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  versions = export.list_versions(exported["base"])
+  assert versions[-1] > 1 and proc.stdout.strip().endswith(os.path.join(exported["base"],
+                                                                        str(versions[-1])))
+  new = os.path.join(exported["base"], str(versions[-1]))
+  sm = saved_model_pb2.SavedModel.FromString(open(os.path.join(new, "saved_model.pb"),
+                                                  "rb").read())
+  assert sorted(k for k in sm.meta_graphs[0].signature_def if not k.startswith("__")) == [
+      "serving_default", "serving_images"]
+  signature = sm.meta_graphs[0].signature_def["serving_default"]
+  assert [d.size for d in signature.outputs["top_k_labels"].tensor_shape.dim] == [-1, 1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--export_dir=/tmp/x"], "exactly one of --model_dir"),
+    (["--model_dir=a", "--model=b.keras", "--export_dir=/tmp/x"], "exactly one of --model_dir"),
+    (["--model_dir=MODEL_DIR"], "--export_dir is required"),
+    (["--model_dir=UNTRAINED", "--export_dir=EXPORT"], "has no checkpoint"),
+    (["--model_dir=/nonexistent/dir", "--export_dir=EXPORT", "--top_k=0"], "--top_k"),
+    (["--model_dir=MODEL_DIR", "--export_dir=BASE", "--version=1"], "version 1 already exists"),
+    (["--model_dir=MODEL_DIR", "--checkpoint=MODEL_DIR/checkpoints/ckpt-99", "--export_dir=EXPORT"],
+     "does not exist"),
+    (["--model=missing.keras", "--export_dir=EXPORT"], "does not exist"),
+])
+def test_cli_bad_flags_one_line(exported, tmp_path, args, message):
+  untrained = str(tmp_path / "untrained")
+  write_config(untrained, {"model": default_model_config(classes=3), "class_names": None})
+  subst = {"MODEL_DIR": exported["model_dir"], "UNTRAINED": untrained, "BASE": exported["base"],
+           "EXPORT": str(tmp_path / "export")}
+  for key, value in subst.items():
+    args = [a.replace(key, value) for a in args]
+  proc = _cli(*args)
+  assert proc.returncode == 1
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "export") or os.listdir(tmp_path / "export") == []
+
+
+def test_cli_unparsable_flag_is_reported_by_absl():
+  proc = _cli("--model_dir=x", "--export_dir=y", "--version=abc")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert len([l for l in proc.stderr.splitlines() if "Flags parsing error" in l]) == 1

@@ -1,0 +1,173 @@
+"""Tests of alexnet_tf.input_pipeline: batching, sharding, reproducibility, corrupt files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import datasets, input_pipeline as ip
+from alexnet_tf.errors import UserError
+from conftest import encode_image, smooth_image
+
+
+@pytest.fixture(scope="module")
+def train_source(shapes_root):
+  return datasets.load_source("shapes", "train", shapes_root)
+
+
+@pytest.fixture(scope="module")
+def val_source(shapes_root):
+  return datasets.load_source("shapes", "validation", shapes_root)
+
+
+def test_per_replica_batch_size():
+  assert ip.per_replica_batch_size(128, 2) == 64
+  assert ip.per_replica_batch_size(128, 1) == 128
+  with pytest.raises(UserError, match="divisible by the number of replicas"):
+    ip.per_replica_batch_size(100, 3)
+  with pytest.raises(UserError):
+    ip.per_replica_batch_size(0, 1)
+
+
+@pytest.mark.parametrize("size", [227, 224])
+def test_train_shapes_and_dtypes(train_source, size):
+  ds = ip.build_train_dataset(train_source, 16, size, seed=0)
+  assert ds.element_spec == (tf.TensorSpec([16, size, size, 3], tf.float32),
+                             tf.TensorSpec([16], tf.int64))
+  images, labels = next(iter(ds))
+  assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+  assert set(labels.numpy()) <= set(range(6))
+  # Repeats forever: more batches than one epoch.
+  assert sum(1 for _ in ds.take(5)) == 5
+
+
+def test_train_one_pass_drops_remainder(train_source):
+  ds = ip.build_train_dataset(train_source, 16, seed=0, repeat=False, pca_lighting=False)
+  batches = list(ds)
+  assert len(batches) == 60 // 16 and all(b[0].shape[0] == 16 for b in batches)
+
+
+def test_train_reproducible_with_seed(train_source):
+  def first(seed):
+    ds = ip.build_train_dataset(train_source, 8, seed=seed, deterministic=True)
+    return [x.numpy() for x in next(iter(ds))]
+
+  a, b, c = first(3), first(3), first(4)
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_array_equal(a[1], b[1])
+  assert not np.array_equal(a[0], c[0])
+
+
+def test_train_replicas_draw_different_augmentations():
+  """The same record in two input pipelines gets different crops/flips/lighting."""
+  data = encode_image(smooth_image(np.random.default_rng(0), 300, 300))
+  src = datasets.in_memory_source([data, data], [0, 0])
+  outs = []
+  for i in range(2):
+    ctx = tf.distribute.InputContext(2, i, 2)
+    outs.append(next(iter(ip.build_train_dataset(src, 1, input_context=ctx, seed=1)))[0].numpy())
+  assert not np.array_equal(outs[0], outs[1])
+
+
+def test_eval_every_image_once(val_source):
+  ds = ip.build_eval_dataset(val_source, 10)
+  batches = list(ds)
+  assert [b[0].shape[0] for b in batches] == [10, 10, 4]
+  labels = np.concatenate([b[1].numpy() for b in batches])
+  assert sorted(labels) == sorted(i % 6 for i in range(24))
+  # Sharded over 3 input pipelines: together still every image once.
+  seen = []
+  for i in range(3):
+    ctx = tf.distribute.InputContext(3, i, 3)
+    for images, y in ip.build_eval_dataset(val_source, 5, input_context=ctx):
+      seen += list(zip(y.numpy(), images.numpy()[:, 100, 100, 0]))
+  assert len(seen) == 24 and sorted(y for y, _ in seen) == sorted(labels)
+
+
+def test_eval_ten_crop(val_source):
+  images, labels = next(iter(ip.build_eval_dataset(val_source, 4, 224, ten_crop=True)))
+  assert images.shape == (4, 10, 224, 224, 3) and labels.shape == (4,)
+  np.testing.assert_array_equal(images[:, 5].numpy(), images[:, 1].numpy()[:, :, ::-1])
+
+
+def test_distribute_datasets_from_function(train_source):
+  strategy = tf.distribute.get_strategy()
+  bs = ip.per_replica_batch_size(8, strategy.num_replicas_in_sync)
+  dist = strategy.distribute_datasets_from_function(
+      lambda ctx: ip.build_train_dataset(train_source, bs, input_context=ctx, seed=0))
+  images, labels = next(iter(dist))
+  assert images.shape == (8, 227, 227, 3)
+
+
+def test_bad_arguments(train_source):
+  with pytest.raises(UserError, match="image size"):
+    ip.build_train_dataset(train_source, 8, 300)
+  with pytest.raises(UserError, match="batch size"):
+    ip.build_eval_dataset(train_source, 0)
+
+
+@pytest.fixture
+def corrupt_folder(image_folder):
+  """3 good + 4 bad files in train/bad, 3 good in train/good."""
+  root = image_folder(classes=("bad", "good"), per_class=3, splits=("train",))
+  d = os.path.join(root, "train", "bad")
+  good = open(os.path.join(d, "0.jpg"), "rb").read()
+  png = encode_image(np.zeros((20, 20, 3), np.uint8), "PNG")
+  for name, data in [("text.jpg", b"this is not an image"), ("empty.jpg", b""),
+                     ("truncated.jpg", good[:len(good) // 2]),
+                     ("truncated.png", png[:len(png) - 20])]:
+    with open(os.path.join(d, name), "wb") as f:
+      f.write(data)
+  return root
+
+
+def test_corrupt_files_are_skipped_and_counted(corrupt_folder):
+  src = datasets.load_source("folder", "train", corrupt_folder)
+  assert src.num_examples == 10
+  counter = ip.CorruptCounter()
+  batches = list(ip.build_train_dataset(src, 1, seed=0, repeat=False, counter=counter))
+  assert len(batches) == 6
+  assert counter.total == 4 and counter.pop() == 4 and counter.pop() == 0
+  assert sorted(os.path.basename(f) for f in counter.recent_files) == [
+      "empty.jpg", "text.jpg", "truncated.jpg", "truncated.png"]
+  counter.check(num_records=10)  # 40% < 50%.
+  with pytest.raises(UserError, match="corrupt"):
+    counter.check(num_records=6)
+  eval_counter = ip.CorruptCounter()
+  n = sum(int(b[0].shape[0]) for b in ip.build_eval_dataset(src, 4, counter=eval_counter))
+  assert n == 6 and eval_counter.total == 4
+  # The default counters are process-wide singletons.
+  assert ip.corrupt_counter("train") is ip.corrupt_counter("train")
+
+
+def test_strict_mode_names_the_file(corrupt_folder):
+  src = datasets.load_source("folder", "train", corrupt_folder)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt image file"):
+    for _ in ip.build_train_dataset(src, 1, repeat=False, strict=True, deterministic=True):
+      pass
+  with pytest.raises(UserError, match=r"corrupt image file .*(text|empty|truncated)"):
+    ip.check_source(src, strict=True)
+
+
+def test_check_source(corrupt_folder, image_folder):
+  src = datasets.load_source("folder", "train", corrupt_folder)
+  result = ip.check_source(src, sample_size=None)
+  assert (result.num_checked, result.num_corrupt) == (10, 4)
+  # Mostly corrupt: refused before training.
+  root = image_folder(classes=("x",), per_class=1, splits=("train",))
+  for i in range(3):
+    with open(os.path.join(root, "train", "x", f"junk{i}.png"), "wb") as f:
+      f.write(b"\x89PNG\r\n\x1a\n garbage IEND")  # Passes the cheap check, fails to decode.
+  with pytest.raises(UserError, match="3 of 4 images are corrupt"):
+    ip.check_source(datasets.load_source("folder", "train", root))
+
+
+def test_undecodable_file_with_valid_markers_does_not_kill_the_run(image_folder):
+  root = image_folder(classes=("x",), per_class=2, splits=("train",))
+  with open(os.path.join(root, "train", "x", "junk.png"), "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n garbage IEND")
+  src = datasets.load_source("folder", "train", root)
+  assert len(list(ip.build_train_dataset(src, 1, repeat=False, seed=0))) == 2

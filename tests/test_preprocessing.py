@@ -1,0 +1,159 @@
+"""Tests of alexnet_tf.preprocessing: crops, decode, resize, flips, PCA lighting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import preprocessing as pp
+from conftest import encode_image, smooth_image
+
+
+@pytest.fixture(scope="module")
+def decoded_256():
+  """A decoded JPEG at the paper's fixed resolution (exact crops are taken of it)."""
+  rng = np.random.default_rng(1)
+  data = encode_image(rng.integers(0, 256, (300, 340, 3)).astype(np.uint8))
+  image = pp.fixed_resolution(pp.decode_rgb(tf.constant(data)))
+  assert image.shape == (256, 256, 3) and image.dtype == tf.float32
+  return image.numpy()
+
+
+@pytest.mark.parametrize("size", [227, 224, 255, 256])
+def test_center_crop_is_exact_slice(decoded_256, size):
+  out = pp.center_crop(decoded_256, size).numpy()
+  t = (256 - size) // 2
+  np.testing.assert_array_equal(out, decoded_256[t:t + size, t:t + size])
+
+
+def test_center_crop_non_square_uint8():
+  image = np.arange(300 * 401 * 3, dtype=np.int64).reshape(300, 401, 3).astype(np.uint8)
+  out = pp.center_crop(image, 227)
+  assert out.dtype == tf.uint8
+  np.testing.assert_array_equal(out.numpy(), image[36:263, 87:314])
+
+
+@pytest.mark.parametrize("size", [227, 224])
+def test_ten_crop_order_and_values(decoded_256, size):
+  out = pp.ten_crop(decoded_256, size).numpy()
+  assert out.shape == (10, size, size, 3)
+  x, s, c = decoded_256, size, (256 - size) // 2
+  expected = [x[:s, :s], x[:s, -s:], x[-s:, :s], x[-s:, -s:], x[c:c + s, c:c + s]]
+  m = x[:, ::-1]
+  expected += [m[:s, :s], m[:s, -s:], m[-s:, :s], m[-s:, -s:], m[c:c + s, c:c + s]]
+  for k in range(10):
+    np.testing.assert_array_equal(out[k], expected[k], err_msg=f"crop {k}")
+  # The mirrored top-left crop is the mirror of the top-right crop.
+  np.testing.assert_array_equal(out[5], out[1][:, ::-1])
+
+
+def test_ten_crop_larger_non_square_image():
+  image = np.random.default_rng(0).integers(0, 255, (260, 300, 3)).astype(np.uint8)
+  out = pp.ten_crop(image, 227).numpy()
+  np.testing.assert_array_equal(out[3], image[33:, 73:])
+  np.testing.assert_array_equal(out[4], image[16:243, 36:263])
+
+
+def test_crop_of_too_small_image_fails():
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    pp.center_crop(tf.zeros([200, 300, 3]), 227)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "CMYK", "GRAY", "GRAYPNG", "RGBA", "PALETTE"])
+def test_decode_rgb_formats(fmt):
+  array = np.zeros((37, 53, 3), np.uint8)
+  array[..., 0], array[..., 1], array[..., 2] = 200, 60, 100
+  image = pp.decode_rgb(tf.constant(encode_image(array, fmt)))
+  assert image.dtype == tf.uint8 and image.shape == (37, 53, 3)
+  centre = image.numpy()[18, 26].astype(int)
+  if fmt in ("GRAY", "GRAYPNG"):
+    assert centre[0] == centre[1] == centre[2]
+  else:
+    np.testing.assert_allclose(centre, [200, 60, 100], atol=6)
+
+
+@pytest.mark.parametrize("shape,expected", [((100, 150), (256, 384)), ((600, 400), (384, 256)),
+                                            ((256, 256), (256, 256))])
+def test_resize_shorter_side(shape, expected):
+  out = pp.resize_shorter_side(tf.zeros(shape + (3,), tf.uint8), 256)
+  assert tuple(out.shape[:2]) == expected and out.dtype == tf.float32
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("shape", [(300, 450), (480, 320), (120, 90)])
+def test_fused_decode_matches_resize_then_crop(fmt, shape):
+  """The fused window decode equals resize-256 + crop up to resampling (module docstring)."""
+  data = tf.constant(encode_image(smooth_image(np.random.default_rng(2), *shape), fmt))
+  reference = pp.fixed_resolution(pp.decode_rgb(data))
+  for offset in [(0, 0), (29, 29), (0, 29), (14, 3)]:
+    fused = pp.decode_crop_and_resize(data, 227, offset).numpy()
+    ref = reference[offset[0]:offset[0] + 227, offset[1]:offset[1] + 227].numpy()
+    assert fused.shape == (227, 227, 3) and fused.dtype == np.float32
+    assert np.abs(fused - ref).mean() < 2.0, offset
+  full = pp.decode_crop_and_resize(data, 256).numpy()
+  assert np.abs(full - reference.numpy()).mean() < 2.0
+
+
+def test_random_flip_about_half(decoded_256):
+  image = decoded_256[:8, :8]
+  flipped = 0
+  for i in range(400):
+    out = pp.random_flip(image, tf.constant([7, i])).numpy()
+    if np.array_equal(out, image[:, ::-1]):
+      flipped += 1
+    else:
+      np.testing.assert_array_equal(out, image)
+  assert 160 <= flipped <= 240, flipped
+
+
+def test_pca_lighting_covariance():
+  """The per-image shift has covariance 255² · alphastd² · V diag(λ²) Vᵀ (SPEC §1.4)."""
+  image = tf.fill([2, 2, 3], 128.0)
+  n = 3000
+  shifts = np.stack([pp.pca_lighting(image, 0.1, seed=tf.constant([3, i])).numpy()[0, 0] - 128.0
+                     for i in range(n)])
+  ev = np.array(pp.IMAGENET_EIGVAL)
+  vec = np.array(pp.IMAGENET_EIGVEC)
+  expected = 255.0**2 * 0.01 * vec @ np.diag(ev**2) @ vec.T
+  measured = np.cov(shifts, rowvar=False)
+  assert np.abs(shifts.mean(0)).max() < 0.1 * np.sqrt(expected[0, 0])
+  # Variance along each eigenvector is (255·0.1·λ_i)², the directions are uncorrelated.
+  for i in range(3):
+    var = vec[:, i] @ measured @ vec[:, i]
+    assert var == pytest.approx(expected_var := (25.5 * ev[i])**2, rel=0.1), (i, expected_var)
+  np.testing.assert_allclose(measured, expected, atol=0.05 * expected.max())
+
+
+def test_pca_lighting_scale_invariance_and_clipping():
+  image = tf.fill([3, 3, 3], 100.0)
+  seed = tf.constant([1, 2])
+  unit = pp.pca_lighting(image, eigval=pp.IMAGENET_EIGVAL, seed=seed)
+  scaled = pp.pca_lighting(image, eigval=[v * 255.0**2 for v in pp.IMAGENET_EIGVAL], seed=seed)
+  np.testing.assert_allclose(unit.numpy(), scaled.numpy(), rtol=1e-5)
+  assert not np.allclose(unit.numpy(), 100.0)
+  white = pp.pca_lighting(tf.fill([2, 2, 3], 255.0), alphastd=5.0, seed=seed).numpy()
+  assert white.min() >= 0.0 and white.max() <= 255.0
+
+
+def test_preprocess_for_train_reproducible():
+  data = tf.constant(encode_image(smooth_image(np.random.default_rng(3), 280, 350)))
+  a = pp.preprocess_for_train(data, tf.constant([5, 6]))
+  b = pp.preprocess_for_train(data, tf.constant([5, 6]))
+  c = pp.preprocess_for_train(data, tf.constant([5, 7]))
+  assert a.shape == (227, 227, 3) and a.dtype == tf.float32
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert not np.array_equal(a.numpy(), c.numpy())
+  assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 255.0
+  plain = pp.preprocess_for_train(data, tf.constant([5, 6]), 224, crop=False, flip=False,
+                                  lighting=False)
+  # Same centre crop, computed by one fused resize instead of resize-256 + slice.
+  assert np.abs(plain.numpy() - pp.preprocess_for_eval(data, 224).numpy()).mean() < 1.5
+
+
+def test_preprocess_for_eval_shapes():
+  data = tf.constant(encode_image(smooth_image(np.random.default_rng(4), 200, 330), "PNG"))
+  assert pp.preprocess_for_eval(data).shape == (227, 227, 3)
+  assert pp.preprocess_for_eval(data, 224, num_crops=10).shape == (10, 224, 224, 3)
+  with pytest.raises(ValueError):
+    pp.preprocess_for_eval(data, num_crops=5)

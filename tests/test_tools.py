@@ -1,0 +1,149 @@
+"""Tests of the dataset tools (make_tfrecords, dataset_stats) and alexnet_tf.flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import datasets, flags as data_flags, input_pipeline as ip
+from alexnet_tf.errors import UserError
+from alexnet_tf.tools import dataset_stats, make_tfrecords
+from conftest import encode_image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
+                        env=env, timeout=240)
+
+
+def test_make_tfrecords(image_folder, tmp_path):
+  root = image_folder(classes=("a", "b"), per_class=3, sizes=((600, 400), (100, 120)))
+  with open(os.path.join(root, "train", "a", "broken.jpg"), "wb") as f:
+    f.write(b"\xff\xd8\xffnot really")
+  logs = []
+  meta = make_tfrecords.convert(root, str(tmp_path / "out"), num_shards=2, log=logs.append)
+  assert meta["splits"]["train"] == {"num_examples": 6, "num_shards": 2}
+  assert meta["skipped"]["train"] == [os.path.join("train", "a", "broken.jpg")]
+  assert any("broken.jpg" in line for line in logs)
+  src = datasets.load_source("tfrecord", "train", str(tmp_path / "out"))
+  sizes = []
+  for r in src.records():
+    h, w, c = tf.image.extract_jpeg_shape(r["image"]).numpy()
+    sizes.append((h, w))
+    assert c == 3
+  # Shorter side 256 (never upscaled), aspect ratio kept.
+  assert sorted(set(sizes)) == [(100, 120), (384, 256)]
+  images, labels = next(iter(ip.build_train_dataset(src, 4, seed=0)))
+  assert images.shape == (4, 227, 227, 3)
+
+
+def test_make_tfrecords_cli(image_folder, tmp_path):
+  root = image_folder(per_class=1, splits=("train", "val"))
+  out = _run("alexnet_tf.tools.make_tfrecords", root, str(tmp_path / "rec"), "--num_shards=1")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path / "rec")) == [
+      "labels.txt", "metadata.json", "train-00000-of-00001.tfrecord",
+      "validation-00000-of-00001.tfrecord"]
+  bad = _run("alexnet_tf.tools.make_tfrecords", str(tmp_path / "nowhere"), str(tmp_path / "x"))
+  assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _flat_colour_dataset(root, colours):
+  """PNG images of one flat colour each: their pixel covariance is exactly that of `colours`."""
+  for i, c in enumerate(colours):
+    d = os.path.join(root, "train", "c")
+    os.makedirs(d, exist_ok=True)
+    image = np.broadcast_to(np.asarray(c, np.uint8), (256, 256 + 64 * (i % 2), 3))
+    with open(os.path.join(d, f"{i}.png"), "wb") as f:
+      f.write(encode_image(image, "PNG"))
+  return root
+
+
+def test_dataset_stats_recovers_known_covariance(tmp_path):
+  rng = np.random.default_rng(0)
+  # Colours from a known anisotropic Gaussian, rounded to integers.
+  mix = np.array([[40.0, 0, 0], [20, 15, 0], [-10, 5, 4]])
+  colours = np.clip(np.round(np.array([120, 110, 100]) + rng.normal(size=(40, 3)) @ mix.T),
+                    0, 255).astype(np.uint8)
+  root = _flat_colour_dataset(str(tmp_path / "flat"), colours)
+  stats = dataset_stats.compute_stats(datasets.load_source("folder", "train", root),
+                                      mean_image=True, batch_size=16, log=lambda s: None)
+  c = colours.astype(np.float64)
+  expected_cov = np.cov(c, rowvar=False, bias=True)
+  np.testing.assert_allclose(stats["mean"], c.mean(0), atol=1e-6)
+  np.testing.assert_allclose(stats["covariance"], expected_cov, atol=1e-6 * expected_cov.max())
+  values = stats["eigenvalues"]
+  vectors = stats["eigenvectors"]
+  assert list(values) == sorted(values, reverse=True) and stats["num_images"] == 40
+  np.testing.assert_allclose(np.linalg.norm(vectors, axis=0), 1.0, atol=1e-9)
+  np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, expected_cov,
+                             atol=1e-6 * expected_cov.max())
+  np.testing.assert_allclose(stats["mean_image"][100, 7], c.mean(0), atol=1e-6)
+  # The JSON round-trips through load_stats.
+  doc = dataset_stats.write_stats(stats, str(tmp_path / "s.json"), dataset="folder",
+                                  split="train", mean_image_path=str(tmp_path / "m.npy"))
+  loaded = data_flags.load_stats(str(tmp_path / "s.json"))
+  assert loaded["mean"] == doc["mean"] and loaded["mean_image"] == str(tmp_path / "m.npy")
+  assert np.load(loaded["mean_image"]).shape == (256, 256, 3)
+
+
+def test_dataset_stats_cli(shapes_root, tmp_path):
+  out = _run("alexnet_tf.tools.dataset_stats", "--dataset=shapes", f"--data_dir={shapes_root}",
+             f"--output={tmp_path}/stats.json", f"--mean_image={tmp_path}/mean.npy")
+  assert out.returncode == 0, out.stderr[-2000:]
+  stats = data_flags.load_stats(str(tmp_path / "stats.json"))
+  assert stats["num_images"] == 60 and stats["split"] == "train"
+  assert all(0 < m < 255 for m in stats["mean"])
+  bad = _run("alexnet_tf.tools.dataset_stats", "--dataset=folder",
+             f"--data_dir={tmp_path}/none", f"--output={tmp_path}/x.json")
+  assert bad.returncode == 1 and "is not a folder" in bad.stderr
+
+
+GOOD = {"mean": [120.0, 110.0, 100.0], "eigenvalues": [3.0, 2.0, 1.0],
+        "eigenvectors": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "no such file"),
+    ("{not json", "not valid JSON"),
+    (json.dumps([1, 2]), "JSON object"),
+    (json.dumps({"mean": [1, 2, 3]}), "lacks eigenvalues, eigenvectors"),
+    (json.dumps(dict(GOOD, mean=[1, 2])), "'mean' must be 3 numbers"),
+    (json.dumps(dict(GOOD, mean=[1, 2, 300])), "0..255"),
+    (json.dumps(dict(GOOD, eigenvalues=[1, "a", 2])), "'eigenvalues' must be 3 numbers"),
+    (json.dumps(dict(GOOD, eigenvalues=[1, -1, 2])), ">= 0"),
+    (json.dumps(dict(GOOD, eigenvectors=[[1, 0, 0], [0, 1, 0]])), "3x3"),
+    (json.dumps(dict(GOOD, eigenvectors=[[2, 0, 0], [0, 1, 0], [0, 0, 1]])), "unit length"),
+])
+def test_load_stats_validation(tmp_path, content, match):
+  path = tmp_path / "stats.json"
+  if content is not None:
+    path.write_text(content)
+  with pytest.raises(UserError, match=match):
+    data_flags.load_stats(str(path))
+
+
+def test_load_stats_good(tmp_path):
+  path = tmp_path / "stats.json"
+  path.write_text(json.dumps(GOOD))
+  stats = data_flags.load_stats(str(path))
+  assert stats["eigenvectors"][1] == [0.0, 1.0, 0.0]
+
+
+def test_define_dataset_flags_idempotent():
+  from absl import flags
+  data_flags.define_dataset_flags()
+  data_flags.define_dataset_flags()
+  fv = flags.FLAGS
+  assert fv["dataset"].default == "shapes"
+  for name in ("data_dir", "manual_dir", "strict_data", "stats"):
+    assert name in fv

@@ -1,0 +1,274 @@
+"""The training loop: distribution equivalence, the paper's optimiser, dropout per replica,
+resume, multi-worker on localhost, and the train.py command line.
+
+Runs that need logical CPU devices or TF_CONFIG start fresh Python processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from alexnet_tf import shapes
+from alexnet_tf.model_dir import restore_model
+from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, learning_rate_at)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+
+
+def run(args, env=None, timeout=600, check=True):
+  env = dict(os.environ, **(env or {}))
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def read_weights(model_dir):
+  """The model weights of the latest checkpoint (by layer/variable path), and a reader."""
+  model, _ = restore_model(model_dir)
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+      os.path.join(model_dir, "checkpoints")))
+  return {v.path: v.numpy() for v in model.weights}, reader
+
+
+def optimizer_slots(reader):
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k.startswith("optimizer/_variables/")}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  """8 train and 8 validation shapes JPEGs: one global batch of 8."""
+  root = str(tmp_path_factory.mktemp("tiny"))
+  return shapes.generate(root, num_train=8, num_validation=8, seed=3)
+
+
+def train_args(model_dir, data_dir, *extra):
+  return [TRAIN_PY, f"--model_dir={model_dir}", "--dataset=folder", f"--data_dir={data_dir}",
+          "--batch_size=8", "--seed=7", "--log_steps=1", "--learning_rate=0.01",
+          "--lr_schedule=constant", *extra]
+
+
+NO_RANDOMNESS = ("--dropout=0", "--norandom_crop", "--norandom_flip", "--nopca_lighting",
+                 "--deterministic")
+
+
+# ----------------------------------------------------------------------------------------------
+# The optimiser and schedules (in process).
+# ----------------------------------------------------------------------------------------------
+
+def test_paper_sgd_update_rule_matches_numpy():
+  """v <- mu v - eps wd w - eps g ; w <- w + v, on kernels; biases without decay."""
+  layer = keras.layers.Dense(3, kernel_initializer="glorot_uniform", bias_initializer="ones")
+  layer.build((None, 4))
+  opt = PaperSGD(learning_rate=0.1, momentum=0.9, coupled_weight_decay=0.05)
+  w, b = layer.kernel.numpy().astype(np.float64), layer.bias.numpy().astype(np.float64)
+  vw, vb = np.zeros_like(w), np.zeros_like(b)
+  rng = np.random.RandomState(0)
+  for _ in range(3):
+    gw, gb = rng.normal(size=w.shape), rng.normal(size=b.shape)
+    opt.apply_gradients([(tf.constant(gw, tf.float32), layer.kernel),
+                         (tf.constant(gb, tf.float32), layer.bias)])
+    vw = 0.9 * vw - 0.1 * 0.05 * w - 0.1 * gw
+    w = w + vw
+    vb = 0.9 * vb - 0.1 * gb
+    b = b + vb
+  np.testing.assert_allclose(layer.kernel.numpy(), w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(layer.bias.numpy(), b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="coupled_weight_decay"):
+    PaperSGD(weight_decay=1e-4)
+
+
+def test_schedules():
+  step = ScheduleConfig(name="step", base_lr=0.1, step_boundaries=(10, 20))
+  assert [learning_rate_at(step, s) for s in (0, 9, 10, 25)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.001])
+  cosine = ScheduleConfig(name="cosine", base_lr=1.0, total_steps=100, warmup_steps=10)
+  assert learning_rate_at(cosine, 0) == pytest.approx(0.1)
+  assert learning_rate_at(cosine, 9) == pytest.approx(1.0)
+  assert learning_rate_at(cosine, 55) == pytest.approx(0.5)
+  assert learning_rate_at(cosine, 100) == pytest.approx(0.0)
+  plateau = PlateauState(ScheduleConfig(name="plateau", plateau_patience=2,
+                                        plateau_max_reductions=1))
+  errors = [0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]
+  reduced = [plateau.update(e) for e in errors]
+  assert reduced == [False, False, False, True, False, False, False]  # at most 1 reduction
+  assert float(plateau.scale.numpy()) == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distribution (subprocesses).
+# ----------------------------------------------------------------------------------------------
+
+DROPOUT_SCRIPT = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    from alexnet_tf import AlexNet
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+      model = AlexNet(classes=3, seed=0)
+    layer = model.get_layer("drop6_a")
+    @tf.function
+    def step():
+      return strategy.run(lambda: layer(tf.ones([2, 2048]), training=True))
+    masks = [r.numpy() != 0 for r in strategy.experimental_local_results(step())]
+    print("FRACTION", masks[0].mean(), masks[1].mean())
+    print("DIFFERENT", bool((masks[0] != masks[1]).any()))
+""")
+
+
+def test_dropout_masks_differ_between_replicas():
+  out = run(["-c", DROPOUT_SCRIPT]).stdout
+  assert "DIFFERENT True" in out, out
+  fractions = [float(x) for x in out.split("FRACTION")[1].split()[:2]]
+  assert all(0.4 < f < 0.6 for f in fractions), fractions
+
+
+def test_mirrored_two_replicas_equals_default(tiny_data, tmp_path):
+  """One step on the same global batch: 2 replicas == no strategy, to 1e-5."""
+  one, two = str(tmp_path / "default"), str(tmp_path / "mirrored")
+  run(train_args(one, tiny_data, "--max_steps=1", "--strategy=default", *NO_RANDOMNESS))
+  run(train_args(two, tiny_data, "--max_steps=1", "--strategy=mirrored", "--cpu_replicas=2",
+                 *NO_RANDOMNESS))
+  w1, r1 = read_weights(one)
+  w2, _ = read_weights(two)
+  assert int(r1.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE")) == 1
+  assert w1.keys() == w2.keys() and len(w1) == 16
+  for k in w1:
+    np.testing.assert_allclose(w1[k], w2[k], atol=1e-5, rtol=1e-5, err_msg=k)
+
+
+def _free_ports(n):
+  socks = [socket.socket() for _ in range(n)]
+  for s in socks:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in socks]
+  for s in socks:
+    s.close()
+  return ports
+
+
+def test_multi_worker_two_processes_on_localhost(tiny_data, tmp_path):
+  """Two train.py processes with TF_CONFIG: both finish with identical weights, equal to a
+  one-process run on the same global batch (the 8 images are the whole training set)."""
+  ports = _free_ports(2)
+  cluster = {"worker": [f"localhost:{p}" for p in ports]}
+  model_dir = str(tmp_path / "mw")
+  procs = []
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                  "index": index}}))
+    # The non-chief writes its (discarded) checkpoint elsewhere; both read data from tiny_data.
+    procs.append(subprocess.Popen(
+        [sys.executable] + train_args(model_dir, tiny_data, "--max_steps=1",
+                                      "--strategy=multi_worker", "--collective_timeout=120",
+                                      "--steps_per_epoch=1", "--epochs=1", *NO_RANDOMNESS),
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=420)[0])
+  finally:
+    for p in procs:
+      p.kill()
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out
+  assert all("epoch 1/1" in out for out in outputs), outputs
+  # Workers print the same global loss; the chief's checkpoint holds the weights.
+  losses = [[l for l in out.splitlines() if l.startswith("step 1/")][0].split()[3]
+            for out in outputs]
+  assert losses[0] == losses[1]
+  single = str(tmp_path / "single")
+  run(train_args(single, tiny_data, "--max_steps=1", "--steps_per_epoch=1", "--epochs=1",
+                 *NO_RANDOMNESS))
+  w_mw, _ = read_weights(model_dir)
+  w_one, _ = read_weights(single)
+  for k in w_one:
+    np.testing.assert_allclose(w_mw[k], w_one[k], atol=1e-5, rtol=1e-5, err_msg=k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume and the command line.
+# ----------------------------------------------------------------------------------------------
+
+def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_data, tmp_path):
+  """Stopped after 2 steps and rerun: same final weights and momentum as 4 steps in one go."""
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  common = ("--batch_size=4", "--steps_per_epoch=2", "--epochs=2", "--checkpoint_steps=1",
+            "--deterministic", "--validation_steps=1")
+  run(train_args(straight, tiny_data, *common))
+  run(train_args(resumed, tiny_data, *common, "--max_steps=2"))
+  second = run(train_args(resumed, tiny_data, *common)).stdout
+  assert "Resumed from" in second and "step 2" in second
+  assert "step 3/4" in second and "step 1/4" not in second
+  w_a, reader_a = read_weights(straight)
+  w_b, reader_b = read_weights(resumed)
+  for k in w_a:
+    np.testing.assert_allclose(w_a[k], w_b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+  slots_a, slots_b = optimizer_slots(reader_a), optimizer_slots(reader_b)
+  assert len(slots_a) == 16, "momentum slots are checkpointed"
+  for k in slots_a:
+    assert np.abs(slots_a[k]).max() > 0
+    np.testing.assert_allclose(slots_a[k], slots_b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
+  model_dir = str(tmp_path / "run")
+  export_dir = str(tmp_path / "export")
+  out = run([TRAIN_PY, "--strategy=mirrored", "--cpu_replicas=2", "--dataset=shapes",
+             f"--data_dir={shapes_root}", f"--model_dir={model_dir}", "--batch_size=8",
+             "--steps_per_epoch=3", "--epochs=2", "--validation_steps=2", "--log_steps=3",
+             f"--export_dir={export_dir}"]).stdout
+  assert "epoch 2/2" in out and "val_top1" in out
+  config = json.load(open(os.path.join(model_dir, "config.json")))
+  assert config["model"]["classes"] == 6 and config["class_names"][0] == "circle"
+  records = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert {"loss", "top1", "top5", "val_top1", "val_top5", "learning_rate",
+          "images_per_sec"} <= set(records[0])
+  assert os.listdir(os.path.join(model_dir, "logs", "train"))
+  assert os.path.isfile(os.path.join(export_dir, "1", "saved_model.pb"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy=bogus"], "--strategy"),
+    (["--batch_size=7", "--strategy=mirrored", "--cpu_replicas=2"], "divisible"),
+    (["--strategy=multi_worker"], "TF_CONFIG"),
+    (["--batch_size=0"], "--batch_size must be a positive integer"),
+    (["--learning_rate=-1"], "--learning_rate must be a positive number"),
+    (["--dataset=folder", "--data_dir=/nonexistent/dir"], "/nonexistent/dir"),
+    (["--model_dir=/proc/forbidden/run"], "--model_dir"),
+    (["--cpu_replicas=2"], "--cpu_replicas > 1 needs --strategy=mirrored"),
+])
+def test_bad_flags_fail_with_one_line(args, message, tmp_path, tiny_data):
+  base = [TRAIN_PY, f"--model_dir={tmp_path / 'run'}", "--dataset=folder",
+          f"--data_dir={tiny_data}", "--max_steps=1"]
+  proc = run(base + args, check=False, timeout=120)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr
+  if "--model_dir=/proc/forbidden/run" not in args:
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_incompatible_model_dir_is_refused(tmp_path, tiny_data):
+  model_dir = str(tmp_path / "run")
+  run(train_args(model_dir, tiny_data, "--max_steps=1", "--validation_steps=1"))
+  proc = run(train_args(model_dir, tiny_data, "--max_steps=2", "--towers=1"), check=False)
+  assert proc.returncode == 1
+  assert "towers=2" in proc.stderr and "Traceback" not in proc.stderr
