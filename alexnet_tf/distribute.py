@@ -108,6 +108,9 @@ def create_strategy(name: str, cpu_replicas: int = 1, all_reduce: str = "auto",
     raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {name!r}.")
   if all_reduce not in ALL_REDUCE:
     raise UserError(f"--all_reduce must be one of {', '.join(ALL_REDUCE)}; got {all_reduce!r}.")
+  if name == "multi_worker":
+    return _multi_worker_strategy(all_reduce, collective_timeout_s)
+  # Lists (and so initialises) the devices: multi_worker must come before this.
   gpus = tf.config.list_logical_devices("GPU")
   if name == "default":
     return tf.distribute.get_strategy()
@@ -120,7 +123,11 @@ def create_strategy(name: str, cpu_replicas: int = 1, all_reduce: str = "auto",
       devices = [d.name for d in tf.config.list_logical_devices("CPU")][:max(cpu_replicas, 1)]
     return tf.distribute.MirroredStrategy(devices=devices,
                                           cross_device_ops=_cross_device_ops(all_reduce, gpus))
-  # multi_worker
+
+
+def _multi_worker_strategy(all_reduce: str, collective_timeout_s: float | None
+                           ) -> tf.distribute.Strategy:
+  """MultiWorkerMirroredStrategy from TF_CONFIG; must run before any TF op."""
   config = tf_config()
   if config is None:
     raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "

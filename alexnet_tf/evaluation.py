@@ -51,7 +51,9 @@ def average_probabilities(models: Sequence[Any], images: tf.Tensor) -> tf.Tensor
 
   Models may output logits or probabilities: a model whose last layer has no
   softmax gets one applied, so ensembles always average softmax outputs (the paper).
-  Works for empty batches (b = 0), which replicas get at the end of a distributed dataset.
+  Works for empty batches (b = 0), which replicas get at the end of a distributed dataset:
+  the models are not run on them (TF's oneDNN CPU convolution returns its input unchanged
+  for an empty batch, which makes the next layer fail), zeros [0, classes] are returned.
 
   Args:
     models: keras models, or callables `model(images, training=False)` with an
@@ -62,22 +64,38 @@ def average_probabilities(models: Sequence[Any], images: tf.Tensor) -> tf.Tensor
     float32 [b, classes].
   """
   ten_crop = images.shape.rank == 5
-  if ten_crop:
-    batch = tf.shape(images)[0]
-    crops = tf.shape(images)[1]
-    images = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
-  total = None
-  for model in models:
-    out = tf.cast(model(images, training=False), tf.float32)
-    if not _outputs_probabilities(model):
-      out = tf.nn.softmax(out)
-    total = out if total is None else total + out
-  probs = total / float(len(models))
-  if ten_crop:
-    # The class count is given explicitly: with b = 0 a -1 could not be inferred.
-    probs = tf.reduce_mean(tf.reshape(probs, tf.stack([batch, crops, tf.shape(probs)[-1]])),
-                           axis=1)
-  return probs
+  batch = tf.shape(images)[0]
+
+  def compute() -> tf.Tensor:
+    x = images
+    if ten_crop:
+      x = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+    total = None
+    for model in models:
+      out = tf.cast(model(x, training=False), tf.float32)
+      if not _outputs_probabilities(model):
+        out = tf.nn.softmax(out)
+      total = out if total is None else total + out
+    probs = total / float(len(models))
+    if ten_crop:
+      # The class count is given explicitly: with b = 0 a -1 could not be inferred.
+      probs = tf.reduce_mean(
+          tf.reshape(probs, tf.stack([batch, tf.shape(images)[1], tf.shape(probs)[-1]])),
+          axis=1)
+    return probs
+
+  static_batch = images.shape[0]
+  classes = _num_classes_or_none(models[0])
+  if (static_batch is not None and static_batch > 0) or classes is None:
+    return compute()
+  return tf.cond(batch > 0, compute, lambda: tf.zeros([0, classes], tf.float32))
+
+
+def _num_classes_or_none(model: Any) -> int | None:
+  try:
+    return model_num_classes(model)
+  except (AttributeError, TypeError, ValueError, IndexError):
+    return None
 
 
 def _outputs_probabilities(model: Any) -> bool:
@@ -133,28 +151,7 @@ def evaluate_model(models: keras.Model | Sequence[Any],
   k = min(TOP_K, num_classes)
   collect = collect_predictions or collect_probabilities
 
-  def step_fn(images, labels):
-    probs = average_probabilities(models, images)
-    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    hit1 = tf.math.in_top_k(labels, probs, 1)
-    hitk = tf.math.in_top_k(labels, probs, k)
-    nll = -tf.math.log(tf.clip_by_value(
-        tf.gather(probs, labels, axis=1, batch_dims=1), 1e-12, 1.0))
-    counts = tf.stack([tf.size(labels, out_type=tf.int64),
-                       tf.reduce_sum(tf.cast(hit1, tf.int64)),
-                       tf.reduce_sum(tf.cast(hitk, tf.int64))])
-    nll_sum = tf.reduce_sum(tf.cast(nll, tf.float64))
-    if not collect:
-      return counts, nll_sum
-    return counts, nll_sum, labels, tf.argmax(probs, axis=-1, output_type=tf.int32), hitk, probs
-
-  @tf.function(reduce_retracing=True)
-  def distributed_step(images, labels):
-    outputs = strategy.run(step_fn, args=(images, labels))
-    counts = strategy.reduce(tf.distribute.ReduceOp.SUM, outputs[0], axis=None)
-    nll = strategy.reduce(tf.distribute.ReduceOp.SUM, outputs[1], axis=None)
-    per_image = tuple(strategy.experimental_local_results(o) for o in outputs[2:])
-    return counts, nll, per_image
+  distributed_step = _distributed_step(models, strategy, k, collect, _images_rank(dataset))
 
   totals = np.zeros(3, np.int64)
   nll_total = 0.0
@@ -195,6 +192,65 @@ def evaluate_model(models: keras.Model | Sequence[Any],
   if collect_probabilities:
     result["probabilities"] = _cat(per_image[3], np.float32, (0, num_classes))
   return result
+
+
+# The last step function built, reused while the models, strategy, k, outputs and image rank
+# (centre crop or 10-crop) are the same: training evaluates the same model every epoch, and a
+# new tf.function per call would retrace (and make TF warn about frequent retracing). Holds
+# those models until the next evaluation with other models.
+_LAST_STEP: list = []
+
+
+def _images_rank(dataset: Any) -> int | None:
+  """The rank of the images of a (distributed) dataset's elements, None if unknown."""
+  try:
+    specs = tf.nest.flatten(dataset.element_spec[0], expand_composites=True)
+    return specs[0].shape.rank
+  except (AttributeError, IndexError, TypeError, ValueError):
+    return None
+
+
+def _distributed_step(models: list, strategy: tf.distribute.Strategy, k: int, collect: bool,
+                      images_rank: int | None = None) -> Callable:
+  """tf.function (images, labels) → (counts [3], nll sum, per-image arrays per replica).
+
+  Reused from the previous call for the same models, strategy, k, collect and a known
+  `images_rank` (one tf.function must not see both ranks: reduce_retracing would relax the
+  input to an unknown rank).
+  """
+  key = (strategy, k, collect, images_rank)
+  if _LAST_STEP and images_rank is not None:
+    cached_models, cached_key, fn = _LAST_STEP[0]
+    if (len(cached_models) == len(models) and all(a is b for a, b in zip(cached_models, models))
+        and len(cached_key) == len(key) and cached_key[0] is strategy
+        and cached_key[1:] == key[1:]):
+      return fn
+
+  def step_fn(images, labels):
+    probs = average_probabilities(models, images)
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    hit1 = tf.math.in_top_k(labels, probs, 1)
+    hitk = tf.math.in_top_k(labels, probs, k)
+    nll = -tf.math.log(tf.clip_by_value(
+        tf.gather(probs, labels, axis=1, batch_dims=1), 1e-12, 1.0))
+    counts = tf.stack([tf.size(labels, out_type=tf.int64),
+                       tf.reduce_sum(tf.cast(hit1, tf.int64)),
+                       tf.reduce_sum(tf.cast(hitk, tf.int64))])
+    nll_sum = tf.reduce_sum(tf.cast(nll, tf.float64))
+    if not collect:
+      return counts, nll_sum
+    return counts, nll_sum, labels, tf.argmax(probs, axis=-1, output_type=tf.int32), hitk, probs
+
+  @tf.function(reduce_retracing=True)
+  def distributed_step(images, labels):
+    outputs = strategy.run(step_fn, args=(images, labels))
+    counts = strategy.reduce(tf.distribute.ReduceOp.SUM, outputs[0], axis=None)
+    nll = strategy.reduce(tf.distribute.ReduceOp.SUM, outputs[1], axis=None)
+    per_image = tuple(strategy.experimental_local_results(o) for o in outputs[2:])
+    return counts, nll, per_image
+
+  _LAST_STEP[:] = [(list(models), key, distributed_step)]
+  return distributed_step
 
 
 # ----------------------------------------------------------------------------- models
@@ -455,15 +511,32 @@ def _short(names: Sequence[str]) -> str:
 
 
 def resolve_dataset(config: EvalConfig,
-                    loaded: Sequence[LoadedModel]) -> tuple[str, str | None]:
-  """(dataset, data_dir): the flags, else what the (first) model dir recorded, else shapes."""
-  recorded = next((m.config.get("dataset") for m in loaded
-                   if m.config and isinstance(m.config.get("dataset"), dict)), None) or {}
+                    model_configs: Sequence[dict | None]) -> tuple[str, str | None]:
+  """(dataset, data_dir): the flags, else what the (first) model dir recorded, else shapes.
+
+  `model_configs`: the config.json of each model that is a model dir (None for the others).
+  """
+  recorded = next((c.get("dataset") for c in model_configs
+                   if c and isinstance(c.get("dataset"), dict)), None) or {}
   dataset = config.dataset or recorded.get("name") or DEFAULT_DATASET
   data_dir = config.data_dir
   if data_dir is None and dataset == recorded.get("name"):
     data_dir = recorded.get("data_dir")
   return dataset, data_dir
+
+
+def _precheck_model(path: str, kind: str | None) -> dict | None:
+  """Cheap checks before any model is loaded: a model dir's config.json (returned), a .keras
+  file or a SavedModel that exists. UserError otherwise."""
+  kind = kind or model_kind(path)
+  if kind == "model_dir":
+    from alexnet_tf import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
+    return model_dir_lib.read_config(path)
+  if kind == "keras" and not os.path.isfile(path):
+    raise UserError(f"--model {path!r} does not exist.")
+  if kind == "saved_model":
+    resolve_saved_model_dir(path)
+  return None
 
 
 def _check_dataset(source, loaded: Sequence[LoadedModel], dataset: str) -> None:
@@ -485,8 +558,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict:
   """Runs an evaluation as configured (what `python evaluate.py` does).
 
   Creates the strategy (call `distribute.configure_cpu_replicas` first for --cpu_replicas),
-  loads the model(s) under it, checks the dataset against them, evaluates, logs a table and
-  writes the optional files (on the chief only).
+  checks the model paths and the dataset (cheap), loads the model(s) under the strategy, checks
+  the dataset against them, evaluates, logs a table and writes the optional files (on the
+  chief only).
 
   Returns:
     The result: `evaluate_model`'s keys plus top1_error, top5_error, top5_note (with fewer
@@ -509,11 +583,16 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict:
   strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   input_pipeline.per_replica_batch_size(config.batch_size, replicas)  # UserError early.
+  # The cheap checks first (model files, the dataset and its split), then the models.
+  model_configs = [_precheck_model(path, kind) for path, kind, _ in specs]
+  dataset, data_dir = resolve_dataset(config, model_configs)
+  source = datasets.load_source(dataset, config.split, data_dir, config.manual_dir)
+  if source.num_examples < 1:
+    raise UserError(f"--dataset={dataset} split {source.split!r} is empty: there are no images "
+                    "to evaluate.")
   with strategy.scope():
     loaded = [load_model(path, kind, ckpt) for path, kind, ckpt in specs]
   _check_models(loaded)
-  dataset, data_dir = resolve_dataset(config, loaded)
-  source = datasets.load_source(dataset, config.split, data_dir, config.manual_dir)
   _check_dataset(source, loaded, dataset)
 
   image_size = loaded[0].image_size

@@ -227,12 +227,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
   from alexnet_tf import datasets, input_pipeline  # Heavy imports only when training.
 
   validate_config(config)
+  # First: MultiWorkerMirroredStrategy must configure collective ops before any TF op runs.
+  strategy = distribute.create_strategy(config.strategy, config.cpu_replicas, config.all_reduce,
+                                        config.collective_timeout_s)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   if config.seed is not None:
     keras.utils.set_random_seed(config.seed)
-  strategy = distribute.create_strategy(config.strategy, config.cpu_replicas, config.all_reduce,
-                                        config.collective_timeout_s)
   replicas = strategy.num_replicas_in_sync
   per_replica_batch = input_pipeline.per_replica_batch_size(config.batch_size, replicas)
   chief = distribute.is_chief(strategy)
@@ -432,13 +433,19 @@ class _TrainState:
     self.nan_recoveries = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, global_step=self.global_step, epoch=self.epoch,
-        step_in_epoch=self.step_in_epoch, plateau=plateau, nan_recoveries=self.nan_recoveries)
+        step_in_epoch=self.step_in_epoch, plateau=plateau, nan_recoveries=self.nan_recoveries,
+        # Keras does not checkpoint its seed generators; without their state a resumed run
+        # would redraw the dropout masks of the steps before the interruption.
+        dropout_seeds=[v for v in model.non_trainable_variables
+                       if "seed_generator" in v.path])
 
 
 class _StepMetrics:
-  """Running sums of loss / top-1 / top-5 over an epoch, summed across replicas."""
+  """Running sums of loss / top-1 / top-5 over an epoch, summed across all replicas of all
+  workers (every worker must call `result` at the same steps: it is a collective)."""
 
   def __init__(self, strategy: tf.distribute.Strategy) -> None:
+    self.strategy = strategy
     with strategy.scope():
       self.sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False,
                               synchronization=tf.VariableSynchronization.ON_READ,
@@ -458,9 +465,15 @@ class _StepMetrics:
     for v in self.sums.values if hasattr(self.sums, "values") else [self.sums]:
       v.assign(tf.zeros_like(v))
 
+  @tf.function
+  def _global_sums(self) -> tf.Tensor:
+    # Reading an ON_READ variable in replica context gives that replica's own sums; the
+    # strategy's reduce then sums them over every replica of every worker.
+    local = self.strategy.run(lambda: tf.identity(self.sums))
+    return self.strategy.reduce(tf.distribute.ReduceOp.SUM, local, axis=None)
+
   def result(self) -> dict:
-    s = self.sums.read_value().numpy() if not hasattr(self.sums, "values") else \
-        np.sum([v.numpy() for v in self.sums.values], axis=0)
+    s = self._global_sums().numpy()
     n = max(s[3], 1.0)
     return dict(loss=s[0] / n, top1=s[1] / n, top5=s[2] / n)
 
