@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from absl import flags
+from absl import logging
 
 from alexnet_tf import distribute
 from alexnet_tf import flags as data_flags
@@ -71,6 +72,12 @@ def config_from_flags() -> "evaluation.EvalConfig":
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {list(argv[1:])}; all options are --flags.")
+  if not FLAGS["verbosity"].present:
+    # The result is the table on stdout; keep TF's INFO lines (strategy set-up, reductions)
+    # out of it unless asked for with --verbosity=0.
+    import tensorflow as tf  # Already imported by alexnet_tf.distribute.
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel("WARNING")
   distribute.configure_cpu_replicas(FLAGS.cpu_replicas)  # Before TF touches any device.
   from alexnet_tf import evaluation
   evaluation.evaluate(config_from_flags())

@@ -27,6 +27,8 @@ setuptools.setup(
         "etils[epath,epy]",
     ],
     extras_require={
+        # python -m alexnet_tf.tools.import_weights (the BVLC reference weights from ONNX).
+        "onnx": ["onnx"],
         "test": [
             "pytest>=7",
             "pytest-xdist",

@@ -6,6 +6,11 @@ import sys
 from typing import Callable, Sequence
 
 
+def log_line(line: str) -> None:
+  """Prints a progress line at once, also when stdout is a file or a pipe (cluster logs)."""
+  print(line, flush=True)
+
+
 class UserError(ValueError):
   """A mistake in the user's flags, files or data, worded for the user."""
 

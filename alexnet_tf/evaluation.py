@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf.errors import UserError
+from alexnet_tf.errors import UserError, log_line
 
 TOP_K = 5
 DEFAULT_MODEL_DIR = "runs/alexnet"  # train.py's default --model_dir.
@@ -135,7 +135,8 @@ def evaluate_model(models: keras.Model | Sequence[Any],
     progress: called with the number of images counted so far after each batch.
     collect_probabilities: also return `probabilities`, float32 [num_images, classes]
       (the averaged softmax). In dataset order for one input pipeline (any number of
-      replicas of one worker).
+      replicas of one worker); with several workers (MultiWorkerMirroredStrategy) every
+      worker gets all images' arrays, step by step in replica order.
 
   Returns:
     dict with num_images, top1_accuracy, top5_accuracy (top-k with k = `top_k`), top_k,
@@ -188,7 +189,7 @@ def evaluate_model(models: keras.Model | Sequence[Any],
   if collect_predictions:
     result["labels"] = _cat(per_image[0], np.int32)
     result["predictions"] = _cat(per_image[1], np.int32)
-    result["topk_hits"] = _cat(per_image[2], bool)
+    result["topk_hits"] = _cat(per_image[2], np.int32).astype(bool)
   if collect_probabilities:
     result["probabilities"] = _cat(per_image[3], np.float32, (0, num_classes))
   return result
@@ -239,14 +240,23 @@ def _distributed_step(models: list, strategy: tf.distribute.Strategy, k: int, co
     nll_sum = tf.reduce_sum(tf.cast(nll, tf.float64))
     if not collect:
       return counts, nll_sum
-    return counts, nll_sum, labels, tf.argmax(probs, axis=-1, output_type=tf.int32), hitk, probs
+    # (Hits as int32: they may be gathered by a collective, see below.)
+    return (counts, nll_sum, labels, tf.argmax(probs, axis=-1, output_type=tf.int32),
+            tf.cast(hitk, tf.int32), probs)
+
+  # With several workers each one holds only its own replicas' images: gather all of them
+  # (each step, in replica order; replicas' batches may differ in size or be empty).
+  gather = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
   @tf.function(reduce_retracing=True)
   def distributed_step(images, labels):
     outputs = strategy.run(step_fn, args=(images, labels))
     counts = strategy.reduce(tf.distribute.ReduceOp.SUM, outputs[0], axis=None)
     nll = strategy.reduce(tf.distribute.ReduceOp.SUM, outputs[1], axis=None)
-    per_image = tuple(strategy.experimental_local_results(o) for o in outputs[2:])
+    if gather:
+      per_image = tuple((strategy.gather(o, axis=0),) for o in outputs[2:])
+    else:
+      per_image = tuple(strategy.experimental_local_results(o) for o in outputs[2:])
     return counts, nll, per_image
 
   _LAST_STEP[:] = [(list(models), key, distributed_step)]
@@ -554,7 +564,7 @@ def _check_dataset(source, loaded: Sequence[LoadedModel], dataset: str) -> None:
                     f"trained on {_short(names)}; the labels would not match.")
 
 
-def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict:
+def evaluate(config: EvalConfig, log: Callable[[str], None] = log_line) -> dict:
   """Runs an evaluation as configured (what `python evaluate.py` does).
 
   Creates the strategy (call `distribute.configure_cpu_replicas` first for --cpu_replicas),

@@ -35,7 +35,7 @@ def default_model_config(**overrides: Any) -> dict[str, Any]:
   """The model section of config.json: `AlexNet` kwargs plus `image_size`."""
   config = dict(classes=1000, towers=2, activation="relu", lrn="paper", lrn_scope="tower",
                 lrn_implementation="primitive", pooling_mode="overlapping", dropout=0.5,
-                initialization="paper", mean="imagenet", image_size=227)
+                initialization="paper", mean="imagenet", input_scale=1.0, image_size=227)
   config.update(overrides)
   return config
 
@@ -96,8 +96,48 @@ def read_config(model_dir: str) -> dict[str, Any]:
 
 
 def latest_checkpoint(model_dir: str) -> str | None:
-  """Path prefix of the newest checkpoint in MODEL_DIR/checkpoints, or None."""
-  return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+  """Path prefix of the newest complete checkpoint in MODEL_DIR/checkpoints, or None.
+
+  TF writes a checkpoint's files under a temporary name, renames them, and only then
+  updates the `checkpoint` index, so a crash mid-write leaves the index on the previous
+  checkpoint. Should the files of the newest listed checkpoint still be missing or
+  unreadable (a damaged disk, a partial copy), the newest readable one is returned.
+  """
+  state = tf.train.get_checkpoint_state(checkpoint_dir(model_dir))
+  if state is None or not state.model_checkpoint_path:
+    return None
+  listed = [p for p in state.all_model_checkpoint_paths if p != state.model_checkpoint_path]
+  for path in [state.model_checkpoint_path, *reversed(listed)]:
+    if not os.path.isabs(path):
+      path = os.path.join(checkpoint_dir(model_dir), path)
+    if _readable_checkpoint(path):
+      return path
+  return None
+
+
+def _readable_checkpoint(prefix: str) -> bool:
+  """The index reads and every data shard it names exists."""
+  try:
+    tf.train.load_checkpoint(prefix)
+  except (tf.errors.OpError, ValueError):
+    return False
+  shards = tf.io.gfile.glob(prefix + ".data-*-of-*")
+  if not shards:
+    return False
+  total = int(shards[0].rsplit("-of-", 1)[1])
+  return len(shards) == total
+
+
+def remove_incomplete_checkpoints(model_dir: str) -> list[str]:
+  """Deletes the temporary files a checkpoint write killed midway left behind."""
+  removed = []
+  for path in tf.io.gfile.glob(os.path.join(checkpoint_dir(model_dir), "*_temp*")):
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    else:
+      tf.io.gfile.remove(path)
+    removed.append(path)
+  return removed
 
 
 def restore_model(model_dir: str, checkpoint: str | None = None,

@@ -147,9 +147,18 @@ def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
 
 
 def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor) -> tf.Tensor:
-  """Bilinear resize (antialiased when shrinking) to float32; a no-op copy when sizes match."""
-  image = tf.image.resize(image, tf.stack([height, width]), method="bilinear", antialias=True)
-  return tf.clip_by_value(image, 0.0, 255.0)
+  """Bilinear resize (antialiased when shrinking) to float32; only a cast when sizes match."""
+  shape = tf.shape(image)
+  same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
+  # The resize kernel costs more than decoding a small JPEG even when it changes nothing
+  # (e.g. a 227 crop of a 256-pixel TFRecord image), so skip it then.
+  resized = tf.cond(
+      same, lambda: tf.cast(image, tf.float32),
+      lambda: tf.clip_by_value(tf.image.resize(image, tf.stack([height, width]),
+                                               method="bilinear", antialias=True), 0.0, 255.0))
+  static = [d if isinstance(d, int) else None for d in (height, width)]
+  resized.set_shape(static + [image.shape[-1]])
+  return resized
 
 
 def resize_shorter_side(image: tf.Tensor, size: int = FIXED_SIZE) -> tf.Tensor:
@@ -302,9 +311,10 @@ def preprocess_for_eval(image_bytes: tf.Tensor, image_size: int = 227, *,
                         num_crops: int = 1) -> tf.Tensor:
   """Encoded bytes → eval input: centre crop [size, size, 3] or ten crops [10, size, size, 3].
 
-  `num_crops`: 1 (centre crop) or 10 (`ten_crop`). The fixed-resolution step (shorter side 256, central 256² patch) decodes only the central
-  square of a JPEG and resizes it to 256×256 (same as resize-then-crop up to resampling); the
-  crops are then exact slices (`center_crop` / `ten_crop`). float32 in 0..255.
+  `num_crops`: 1 (centre crop) or 10 (`ten_crop`). The fixed-resolution step (shorter side
+  256, central 256² patch) decodes only the central square of a JPEG and resizes it to
+  256×256 (same as resize-then-crop up to resampling); the crops are then exact slices
+  (`center_crop` / `ten_crop`). float32 in 0..255.
   """
   if num_crops not in (1, 10):
     raise ValueError(f"num_crops must be 1 or 10, got {num_crops}")

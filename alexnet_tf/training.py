@@ -34,7 +34,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import distribute, model_dir as model_dir_lib
-from alexnet_tf.errors import UserError
+from alexnet_tf.errors import UserError, log_line
 from alexnet_tf.evaluation import evaluate_model
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
                                      learning_rate_at, scaled_learning_rate)
@@ -217,7 +217,7 @@ def _seed_for(config: TrainConfig, epoch: int) -> int:
   return (base * 100003 + epoch * 7919 + 17) % (2**31 - 1)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainResult:
   """Runs (or resumes) training as configured; returns the final state.
 
   Raises:
@@ -284,6 +284,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     keras.mixed_precision.set_global_policy("float32")
 
   manager = _checkpoint_manager(config, state, chief)
+  if chief:
+    for path in model_dir_lib.remove_incomplete_checkpoints(config.model_dir):
+      log(f"Removed {path}: a checkpoint write that was interrupted.")
   # Every worker resumes from the chief's checkpoints.
   restored = model_dir_lib.latest_checkpoint(config.model_dir)
   if restored:
@@ -291,8 +294,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     log(f"Resumed from {restored}: step {int(state.global_step.numpy())}, epoch "
         f"{int(state.epoch.numpy())}, step in epoch {int(state.step_in_epoch.numpy())}.")
 
-  metrics = _StepMetrics(strategy)
-  train_step = _make_train_step(strategy, model, optimizer, metrics, config.batch_size,
+  metrics = StepMetrics(strategy)
+  train_step = make_train_step(strategy, model, optimizer, metrics, config.batch_size,
                                 config.mixed_precision == "float16")
   writer = _Writers(config.model_dir, chief)
   history: list = _read_history(config.model_dir) if restored else []
@@ -339,7 +342,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
           break
         lr = learning_rate_at(schedule, step, float(state.plateau.scale.numpy()))
         try:
-          loss = float(train_step(iterator, tf.constant(lr, tf.float32)).numpy())
+          loss, nonfinite = (float(t.numpy()) for t in
+                             train_step(iterator, tf.constant(lr, tf.float32)))
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                 tf.errors.CancelledError, tf.errors.AbortedError,
                 tf.errors.InternalError) as e:
@@ -355,7 +359,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         step += 1
         images_this_epoch += config.batch_size
         window_images += config.batch_size
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or nonfinite:
           step = _handle_nan(config, state, manager, step, log)
           metrics.reset()
           iterator = iter(make_train_dataset(int(state.epoch.numpy()),
@@ -440,7 +444,7 @@ class _TrainState:
                        if "seed_generator" in v.path])
 
 
-class _StepMetrics:
+class StepMetrics:
   """Running sums of loss / top-1 / top-5 over an epoch, summed across all replicas of all
   workers (every worker must call `result` at the same steps: it is a collective)."""
 
@@ -478,9 +482,22 @@ class _StepMetrics:
     return dict(loss=s[0] / n, top1=s[1] / n, top5=s[2] / n)
 
 
-def _make_train_step(strategy, model, optimizer, metrics: _StepMetrics, global_batch: int,
-                     loss_scaling: bool):
-  """One optimiser step on one global batch, as a tf.function over the iterator."""
+def make_train_step(strategy, model, optimizer, metrics: StepMetrics, global_batch: int,
+                    loss_scaling: bool) -> Callable:
+  """The training step: one optimiser update on one global batch, as a tf.function.
+
+  Args:
+    strategy: the strategy the model, optimizer and dataset were created under.
+    model: the AlexNet returning logits (`classifier_activation=None`).
+    optimizer: PaperSGD (or a LossScaleOptimizer around it for float16).
+    metrics: running train loss / top-1 / top-5 sums, updated by every step.
+    global_batch: images per step over all replicas (the loss is averaged over it).
+    loss_scaling: True when `optimizer` is a LossScaleOptimizer.
+
+  Returns:
+    `train_step(iterator, lr)` → (loss, number of non-finite gradient entries), both
+    summed over replicas; it draws one batch from the distributed `iterator`.
+  """
 
   def step_fn(images, labels, lr):
     with tf.GradientTape() as tape:
@@ -492,12 +509,17 @@ def _make_train_step(strategy, model, optimizer, metrics: _StepMetrics, global_b
     grads = tape.gradient(scaled, model.trainable_variables)
     inner = optimizer.inner_optimizer if loss_scaling else optimizer
     inner.learning_rate.assign(lr)
+    # An overflowing gradient can leave the loss finite for one more step while the weights
+    # already hold Inf; counting non-finite gradients catches it in the step it happens.
+    nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+                          for g in grads])
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     metrics.update(per_example, logits, labels)
-    return loss
+    return loss, nonfinite
 
   @tf.function
   def train_step(iterator, lr):
+    """(loss, number of non-finite gradient entries) of one global batch."""
     images, labels = next(iterator)
     per_replica = strategy.run(step_fn, args=(images, labels, lr))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
@@ -512,8 +534,9 @@ def _handle_nan(config: TrainConfig, state: _TrainState, manager, step: int,
   if not config.nan_recovery or last is None or \
       int(state.nan_recoveries.numpy()) >= config.max_nan_recoveries:
     where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-    raise TrainingError(f"the loss became NaN/Inf at step {step}; {where}. Lower "
-                        "--learning_rate, or pass --nan_recovery to restore and divide it by 10.")
+    raise TrainingError(f"the loss or its gradients became NaN/Inf at step {step}; {where}. "
+                        "Lower --learning_rate, or pass --nan_recovery to restore and divide "
+                        "it by 10.")
   recoveries = int(state.nan_recoveries.numpy()) + 1
   state.checkpoint.restore(last).assert_existing_objects_matched()
   state.nan_recoveries.assign(recoveries)
@@ -639,11 +662,7 @@ def _fmt_time(seconds: float) -> str:
 
 
 def _export(config: TrainConfig, model_config: dict, source, log) -> str | None:
-  try:
-    from alexnet_tf import export as export_lib
-  except ImportError:
-    log("--export_dir: SavedModel export is not available in this version yet.")
-    return None
+  from alexnet_tf import export as export_lib
   model, cfg = model_dir_lib.restore_model(config.model_dir)
   path = export_lib.export_saved_model(model, config.export_dir,
                                        class_names=cfg.get("class_names"),

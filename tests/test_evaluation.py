@@ -1,6 +1,6 @@
 """Evaluation (issue 5): centre crop and 10-crop against an independent numpy computation, exact
-image counts under a 2-replica MirroredStrategy, ensembles, the top-k note, and evaluate.py's
-one-sentence errors.
+image counts under a 2-replica MirroredStrategy and two multi-worker processes, ensembles, the
+top-k note, and evaluate.py's one-sentence errors.
 
 The models are AlexNets (3 classes) whose weights the test fixes: He-normal kernels drawn from a
 seeded numpy RNG, and fc8 rescaled/centred on the test images so that the logits vary from image
@@ -13,16 +13,18 @@ needs no resampling and is computed with PIL and numpy slicing only. For the oth
 reference takes the 256x256 image from `preprocessing.decode_crop_and_resize` (the resampling is
 tested in test_preprocessing) and still cuts and mirrors the crops itself.
 
-Runs that need logical CPU devices (--cpu_replicas) or test the command line start fresh Python
-processes (`python evaluate.py ...`).
+Runs that need logical CPU devices (--cpu_replicas) or TF_CONFIG, or test the command line, start
+fresh Python processes (`python evaluate.py ...`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -47,7 +49,7 @@ SIZE = 227
 FIXED = 256
 # (height, width): shorter side 256 (exact reference) and a few others (odd, up- and downscaled).
 SIZES = ((256, 256), (256, 301), (333, 256), (256, 257), (200, 331), (389, 517))
-NUM_VALIDATION = 13  # 5 + 4 + 4: odd, so 2 replicas get shards of 7 and 6 images.
+NUM_VALIDATION = 13  # 5 + 4 + 4: batches of 3 on 2 replicas end with 1 image and none.
 NUM_TRAIN = 37       # 13 + 12 + 12: not divisible by batch 8 x 2 replicas.
 
 
@@ -236,8 +238,11 @@ def test_probabilities_equal_reference_in_process(setup, ten_crop):
 
 
 def test_evaluate_py_ten_crop_equals_reference_and_reports_top3(setup):
+  per_class_csv = str(setup["work"] / "per_class.csv")
+  confusion_csv = str(setup["work"] / "confusion.csv")
   result, proc = run_json(setup, "ten", f"--model={setup['paths']['a']}", "--ten_crop",
-                          "--batch_size=8")
+                          "--batch_size=8", f"--per_class_csv={per_class_csv}",
+                          f"--confusion_csv={confusion_csv}")
   m = metrics(setup["ref"]["a", "validation", "ten"], setup["labels"]["validation"])
   assert result["num_images"] == NUM_VALIDATION == result["num_examples"]
   assert result["top1_accuracy"] == pytest.approx(m["top1"], abs=1e-12)
@@ -257,6 +262,18 @@ def test_evaluate_py_ten_crop_equals_reference_and_reports_top3(setup):
   per_class = [(r["name"], r["images"], r["top1_correct"]) for r in result["per_class"]]
   assert per_class == [(n, int(confusion[c].sum()), int(confusion[c, c]))
                        for c, n in enumerate(CLASSES)]
+  with open(per_class_csv) as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["class", "name", "images", "top1_correct", "top1_accuracy", "top3_correct",
+                     "top3_accuracy"]
+  assert [(r[1], int(r[2]), int(r[3])) for r in rows[1:]] == per_class
+  with open(confusion_csv) as f:
+    rows = list(csv.reader(f))
+  assert rows[0][1:] == list(CLASSES)
+  assert [[int(v) for v in r[1:]] for r in rows[1:]] == confusion.tolist()
+  for key in ("num_images", "top1_accuracy", "top5_accuracy", "top1_error", "top5_error",
+              "top_k", "loss", "images_per_sec", "seconds", "num_examples", "options"):
+    assert key in result, key
 
 
 def test_mirrored_two_replicas_counts_every_image_once(setup):
@@ -273,8 +290,10 @@ def test_mirrored_two_replicas_counts_every_image_once(setup):
 
 
 def test_mirrored_ten_crop_with_an_empty_replica_batch(setup):
-  """13 images over 2 replicas (shards of 7 and 6), 3 per replica: in the last step one replica
-  gets 1 image and the other none; 10-crop must still count 13 and match the reference."""
+  """13 images, 3 per replica on 2 replicas (one input pipeline; its batches of 3, 3, 3, 3, 1
+  go to the replicas in turn): in the last step one replica gets 1 image and the other none.
+  10-crop must still count 13 and match the reference (TF's oneDNN CPU convolution mishandles
+  an empty batch; `average_probabilities` must not run the model on it)."""
   result, _ = run_json(setup, "mirrored_ten", f"--model={setup['paths']['a']}", "--ten_crop",
                        "--strategy=mirrored", "--cpu_replicas=2", "--batch_size=6")
   m = metrics(setup["ref"]["a", "validation", "ten"], setup["labels"]["validation"])
@@ -303,6 +322,57 @@ def test_model_dir_checkpoint_and_recorded_dataset(setup):
   assert result["top1_accuracy"] == pytest.approx(m["top1"], abs=1e-12)
   assert result["loss"] == pytest.approx(m["loss"], rel=1e-5, abs=1e-6)
   assert result["options"]["models"] == [f"{model_dir} (ckpt-1)"]
+
+
+def _free_ports(n):
+  socks = [socket.socket() for _ in range(n)]
+  for s in socks:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in socks]
+  for s in socks:
+    s.close()
+  return ports
+
+
+def test_multi_worker_counts_and_per_class_cover_all_workers(setup):
+  """Two evaluate.py workers (TF_CONFIG on localhost), 37 images, global batch 12: shards of 19
+  and 18 images, so the workers' last steps differ (one replica empty). The chief's result,
+  per-class counts and confusion matrix included, covers all 37 images; the other worker writes
+  nothing."""
+  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+  outputs = [str(setup["work"] / f"worker{i}.json") for i in range(2)]
+  procs = []
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               TF_CONFIG=json.dumps({"cluster": cluster,
+                                     "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen(
+        [sys.executable, EVALUATE_PY, f"--model={setup['paths']['a']}", "--dataset=folder",
+         f"--data_dir={setup['data']}", "--split=train", "--strategy=multi_worker",
+         "--batch_size=12", f"--output_json={outputs[index]}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  logs = []
+  try:
+    for p in procs:
+      logs.append(p.communicate(timeout=300)[0])
+  finally:
+    for p in procs:
+      p.kill()
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log
+  assert not os.path.exists(outputs[1])
+  with open(outputs[0]) as f:
+    result = json.load(f)
+  labels = setup["labels"]["train"]
+  m = metrics(setup["ref"]["a", "train", "centre"], labels)
+  assert result["options"]["num_replicas"] == 2
+  assert result["num_images"] == NUM_TRAIN
+  assert result["top1_accuracy"] == pytest.approx(m["top1"], abs=1e-12)
+  assert result["loss"] == pytest.approx(m["loss"], rel=1e-5, abs=1e-6)
+  assert [r["images"] for r in result["per_class"]] == _per_class(NUM_TRAIN)
+  confusion = np.zeros((3, 3), int)
+  np.add.at(confusion, (labels, m["predictions"]), 1)
+  assert result["confusion"] == confusion.tolist()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,14 +511,28 @@ def test_in_process_user_errors(setup, overrides, message):
     evaluation.evaluate(evaluation.EvalConfig(**kwargs), log=lambda _: None)
 
 
+class CountingModel:
+  """A model wrapper that counts its Python calls (= traces inside tf.function)."""
+
+  outputs_probabilities = True
+  num_classes = len(CLASSES)
+
+  def __init__(self, model):
+    self.model, self.calls = model, 0
+
+  def __call__(self, images, training=False):
+    self.calls += 1
+    return self.model(images, training=training)
+
+
 def test_repeated_evaluation_does_not_retrace(setup):
-  """Training evaluates the same model every epoch: the step function is reused."""
-  model = setup["models"]["a"]
+  """Training evaluates the same model every epoch: the traced step is reused (two traces: the
+  full batch and the relaxed partial one), not rebuilt for every call."""
+  model = CountingModel(setup["models"]["a"])
   source = datasets.load_source("folder", "validation", setup["data"])
-  results = []
-  for _ in range(3):
-    ds = input_pipeline.build_eval_dataset(source, 8, SIZE)  # Batches of 8 and 5.
-    results.append(evaluation.evaluate_model(model, ds))
-    step = evaluation._distributed_step([model], tf.distribute.get_strategy(), 3, False, 4)
-    assert step.experimental_get_tracing_count() <= 2
+  results = [evaluation.evaluate_model(model, input_pipeline.build_eval_dataset(source, 8, SIZE))
+             for _ in range(3)]  # Batches of 8 and 5.
+  assert model.calls <= 2
   assert len({r["loss"] for r in results}) == 1
+  m = metrics(setup["ref"]["a", "validation", "centre"], setup["labels"]["validation"])
+  assert results[0]["loss"] == pytest.approx(m["loss"], rel=1e-5, abs=1e-6)

@@ -59,7 +59,7 @@ def tiny_data(tmp_path_factory):
 def train_args(model_dir, data_dir, *extra):
   return [TRAIN_PY, f"--model_dir={model_dir}", "--dataset=folder", f"--data_dir={data_dir}",
           "--batch_size=8", "--seed=7", "--log_steps=1", "--learning_rate=0.01",
-          "--lr_schedule=constant", *extra]
+          "--lr_schedule=constant", "--noexport", *extra]
 
 
 NO_RANDOMNESS = ("--dropout=0", "--norandom_crop", "--norandom_flip", "--nopca_lighting",
