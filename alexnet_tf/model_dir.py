@@ -28,7 +28,7 @@ MEAN_IMAGE_FILE = "mean_image.npy"
 CHECKPOINT_SUBDIR = "checkpoints"
 # Model kwargs that define the architecture (and so must match a checkpoint).
 ARCHITECTURE_KEYS = ("classes", "towers", "activation", "lrn", "lrn_scope", "pooling_mode",
-                     "image_size")
+                     "image_size", "input_scale")
 
 
 def default_model_config(**overrides: Any) -> dict[str, Any]:

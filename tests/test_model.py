@@ -159,7 +159,7 @@ def test_ablation_switches(pooling_mode, activation):
     (dict(pooling_mode="avg"), "pooling_mode must be one of"),
     (dict(dropout=1.5), "dropout must be in [0, 1)"),
     (dict(classes=0), "classes must be a positive integer"),
-    (dict(initialization="he"), "initialization must be one of"),
+    (dict(initialization="glorot"), "initialization must be one of"),
     (dict(mean=(1.0, 2.0)), "mean must be 3 floats"),
     (dict(lrn_scope="across_towers", towers=1), "needs towers=2"),
 ])
@@ -209,3 +209,16 @@ def test_bfloat16_policy():
     keras.mixed_precision.set_global_policy("float32")
   m32 = AlexNet(classes=5, seed=8, dropout=0.0)
   np.testing.assert_allclose(m32(x).numpy(), y.numpy(), atol=0.05)
+
+
+def test_input_scale_multiplies_the_mean_subtracted_pixels():
+  x = np.random.default_rng(0).uniform(0, 255, (2, 227, 227, 3)).astype("float32")
+  plain = AlexNet(classes=3, seed=1, include_top=False)
+  scaled = AlexNet(classes=3, seed=1, include_top=False, input_scale=0.5)
+  scaled.set_weights(plain.get_weights())
+  # conv1's input: the mean-subtracted pixels times input_scale.
+  np.testing.assert_allclose(
+      scaled.get_layer("input_scale")(scaled.get_layer("mean_subtraction")(x)),
+      0.5 * plain.get_layer("mean_subtraction")(x), rtol=1e-6)
+  with pytest.raises(ValueError, match="input_scale must be a positive number"):
+    AlexNet(input_scale=0)
