@@ -152,6 +152,8 @@ def validate_config(config: TrainConfig) -> None:
               include_top=True, classes=m["classes"])
     if m["image_size"] not in (224, 227):
       raise ValueError(f"--image_size must be 227 or 224; got {m['image_size']!r}.")
+    if not m.get("input_scale", 1.0) > 0:
+      raise ValueError(f"--input_scale must be a positive number; got {m['input_scale']!r}.")
   except ValueError as e:
     raise UserError(str(e).replace("AlexNet: ", "--")) from e
   _check_model_dir_writable(config.model_dir)
@@ -296,7 +298,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
 
   metrics = StepMetrics(strategy)
   train_step = make_train_step(strategy, model, optimizer, metrics, config.batch_size,
-                                config.mixed_precision == "float16")
+                               config.mixed_precision == "float16")
   writer = _Writers(config.model_dir, chief)
   history: list = _read_history(config.model_dir) if restored else []
   final_val = None
@@ -510,9 +512,13 @@ def make_train_step(strategy, model, optimizer, metrics: StepMetrics, global_bat
     inner = optimizer.inner_optimizer if loss_scaling else optimizer
     inner.learning_rate.assign(lr)
     # An overflowing gradient can leave the loss finite for one more step while the weights
-    # already hold Inf; counting non-finite gradients catches it in the step it happens.
-    nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
-                          for g in grads])
+    # already hold Inf; counting non-finite gradients catches it in the step it happens. With
+    # float16 loss scaling, overflowing steps are expected: the LossScaleOptimizer skips them.
+    if loss_scaling:
+      nonfinite = tf.constant(0.0)
+    else:
+      nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+                            for g in grads])
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     metrics.update(per_example, logits, labels)
     return loss, nonfinite
