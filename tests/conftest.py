@@ -5,12 +5,15 @@
 - `image_folder(root, ...)`: writes ROOT/<split>/<label>/*.jpg|png of random-size images.
 - `encode_image(array, fmt)`: PIL-encoded bytes of a uint8 array ("JPEG", "PNG", "CMYK", "GRAY").
 - `isolated_cache`: points $ALEXNET_TF_CACHE at a fresh temporary folder for one test.
+- `worker_envs(n, base)`: environments of an n-worker TF_CONFIG cluster on free localhost ports.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -91,3 +94,30 @@ def isolated_cache(tmp_path, monkeypatch) -> str:
   cache = str(tmp_path / "cache")
   monkeypatch.setenv("ALEXNET_TF_CACHE", cache)
   return cache
+
+
+def _free_ports(n: int) -> list[int]:
+  # All sockets stay bound until every port is chosen, so the n ports differ.
+  socks = [socket.socket() for _ in range(n)]
+  try:
+    for s in socks:
+      s.bind(("localhost", 0))
+    return [s.getsockname()[1] for s in socks]
+  finally:
+    for s in socks:
+      s.close()
+
+
+@pytest.fixture
+def worker_envs():
+  """`worker_envs(n, base=os.environ)`: one environment per worker of a fresh n-worker
+  cluster on localhost, each with its TF_CONFIG (worker i has task index i)."""
+
+  def make(n: int, base: dict | None = None) -> list[dict]:
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(n)]}
+    base = dict(os.environ if base is None else base)
+    return [dict(base, TF_CONFIG=json.dumps({"cluster": cluster,
+                                             "task": {"type": "worker", "index": i}}))
+            for i in range(n)]
+
+  return make

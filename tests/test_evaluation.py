@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -324,28 +323,14 @@ def test_model_dir_checkpoint_and_recorded_dataset(setup):
   assert result["options"]["models"] == [f"{model_dir} (ckpt-1)"]
 
 
-def _free_ports(n):
-  socks = [socket.socket() for _ in range(n)]
-  for s in socks:
-    s.bind(("localhost", 0))
-  ports = [s.getsockname()[1] for s in socks]
-  for s in socks:
-    s.close()
-  return ports
-
-
-def test_multi_worker_counts_and_per_class_cover_all_workers(setup):
+def test_multi_worker_counts_and_per_class_cover_all_workers(setup, worker_envs):
   """Two evaluate.py workers (TF_CONFIG on localhost), 37 images, global batch 12: shards of 19
   and 18 images, so the workers' last steps differ (one replica empty). The chief's result,
   per-class counts and confusion matrix included, covers all 37 images; the other worker writes
   nothing."""
-  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
   outputs = [str(setup["work"] / f"worker{i}.json") for i in range(2)]
   procs = []
-  for index in range(2):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               TF_CONFIG=json.dumps({"cluster": cluster,
-                                     "task": {"type": "worker", "index": index}}))
+  for index, env in enumerate(worker_envs(2, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))):
     procs.append(subprocess.Popen(
         [sys.executable, EVALUATE_PY, f"--model={setup['paths']['a']}", "--dataset=folder",
          f"--data_dir={setup['data']}", "--split=train", "--strategy=multi_worker",

@@ -12,7 +12,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -208,25 +207,12 @@ def test_newest_unreadable_checkpoint_falls_back_to_previous(data, tmp_path):
   assert checkpoint_step(model_dir_lib.latest_checkpoint(model_dir)) == 1
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _worker_env(ports, index):
-  config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-            "task": {"type": "worker", "index": index}}
-  return dict(ENV, TF_CONFIG=json.dumps(config))
-
-
-def test_lost_worker_stops_the_other_then_the_job_resumes(data, tmp_path):
+def test_lost_worker_stops_the_other_then_the_job_resumes(data, tmp_path, worker_envs):
   model_dir = str(tmp_path / "run")
   extra = ("--strategy=multi_worker", "--checkpoint_steps=1", "--collective_timeout=60",
            "--epochs=20")
-  ports = [_free_port(), _free_port()]
-  workers = [Spawned(args_for(model_dir, data, *extra), env=_worker_env(ports, i))
-             for i in range(2)]
+  workers = [Spawned(args_for(model_dir, data, *extra), env=env)
+             for env in worker_envs(2, ENV)]
   try:
     workers[0].wait_for(r"^step 2/")
     workers[1].proc.send_signal(signal.SIGKILL)
@@ -246,10 +232,9 @@ def test_lost_worker_stops_the_other_then_the_job_resumes(data, tmp_path):
   assert saved is not None
 
   # Restarting the whole job (both workers, new ports) resumes from the chief's checkpoint.
-  ports = [_free_port(), _free_port()]
   extra_short = (*extra[:-1], "--epochs=1")
-  workers = [Spawned(args_for(model_dir, data, *extra_short), env=_worker_env(ports, i))
-             for i in range(2)]
+  workers = [Spawned(args_for(model_dir, data, *extra_short), env=env)
+             for env in worker_envs(2, ENV)]
   codes = [w.finish(timeout=300) for w in workers]
   assert codes == [0, 0], [w.output() for w in workers]
   for w in workers:

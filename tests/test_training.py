@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -152,27 +151,12 @@ def test_mirrored_two_replicas_equals_default(tiny_data, tmp_path):
     np.testing.assert_allclose(w1[k], w2[k], atol=1e-5, rtol=1e-5, err_msg=k)
 
 
-def _free_ports(n):
-  socks = [socket.socket() for _ in range(n)]
-  for s in socks:
-    s.bind(("localhost", 0))
-  ports = [s.getsockname()[1] for s in socks]
-  for s in socks:
-    s.close()
-  return ports
-
-
-def test_multi_worker_two_processes_on_localhost(tiny_data, tmp_path):
+def test_multi_worker_two_processes_on_localhost(tiny_data, tmp_path, worker_envs):
   """Two train.py processes with TF_CONFIG: both finish with identical weights, equal to a
   one-process run on the same global batch (the 8 images are the whole training set)."""
-  ports = _free_ports(2)
-  cluster = {"worker": [f"localhost:{p}" for p in ports]}
   model_dir = str(tmp_path / "mw")
   procs = []
-  for index in range(2):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                  "index": index}}))
+  for env in worker_envs(2, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")):
     # The non-chief writes its (discarded) checkpoint elsewhere; both read data from tiny_data.
     procs.append(subprocess.Popen(
         [sys.executable] + train_args(model_dir, tiny_data, "--max_steps=1",
