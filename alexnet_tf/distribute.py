@@ -88,6 +88,28 @@ def _cross_device_ops(all_reduce: str, gpus: list) -> tf.distribute.CrossDeviceO
                   "auto, nccl, hierarchical or one_device.")
 
 
+def native_bfloat16() -> tuple[bool, str]:
+  """Whether this machine computes bfloat16 natively, and why (for `--mixed_precision=auto`).
+
+  With GPUs: all of them have compute capability >= 8.0 (Ampere and later). Without: the CPU
+  advertises AVX512_BF16 or AMX-BF16 (Linux /proc/cpuinfo); elsewhere bfloat16 is emulated and
+  slower than float32.
+  """
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability")
+                    for g in gpus]
+    native = all(c is not None and tuple(c) >= (8, 0) for c in capabilities)
+    return native, f"GPU compute capability {', '.join(str(c) for c in capabilities)}"
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    flags = []
+  found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+  return bool(found), f"CPU {'has ' + ' and '.join(found) if found else 'lacks avx512_bf16'}"
+
+
 def create_strategy(name: str, cpu_replicas: int = 1, all_reduce: str = "auto",
                     collective_timeout_s: float | None = None) -> tf.distribute.Strategy:
   """Creates the tf.distribute strategy named by `--strategy`.

@@ -361,7 +361,7 @@ def preprocessing_settings(image_size: int, *, top_k: int, class_names: list[str
       "decode": "tf.io.decode_image(channels=3, expand_animations=False)",
       "resize_shorter_side": preprocessing.FIXED_SIZE,
       "resize_method": "bilinear",
-      "antialias": True,
+      "antialias": "only when shrinking by more than 2x (plain bilinear below)",
       "crop": f"central {preprocessing.FIXED_SIZE}x{preprocessing.FIXED_SIZE} patch, then its "
               f"central {image_size}x{image_size} crop",
       "mean_subtraction": "inside the model",

@@ -53,14 +53,17 @@ def _initializers(init: str, layer: str, seed: int | None, layer_name: str):
   fc6/fc7; biases 0.1 where the paper has 1 (the paper's 1 gave Caffe a flat loss).
   He (not in the paper): He-normal weights (std sqrt(2 / fan_in)), zero biases; the
   modern choice, which leaves the flat start of the 0.01 initialisations in minutes
-  instead of thousands of steps (used by the quick `shapes` preset).
+  instead of thousands of steps (used by the quick `shapes` preset). The classifier fc8
+  keeps the paper's N(0, 0.01^2): He-scaled logits start far from uniform (loss above
+  chance for the first ~100 steps), small ones start at log(classes).
   """
   # A distinct seed per layer and tower: initialisers with equal seeds draw equal values.
   kernel_seed = None if seed is None else (seed * 7919 + zlib.crc32(layer_name.encode())) % 2**31
   if init == "he":
-    return (keras.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal",
-                                               seed=kernel_seed),
-            keras.initializers.Zeros())
+    kernel = (keras.initializers.RandomNormal(stddev=0.01, seed=kernel_seed) if layer == "fc8"
+              else keras.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal",
+                                                      seed=kernel_seed))
+    return kernel, keras.initializers.Zeros()
   std = 0.005 if init == "caffe" and layer in ("fc6", "fc7") else 0.01
   one_bias = layer in ("conv2", "conv4", "conv5", "fc6", "fc7")
   bias = (1.0 if init == "paper" else 0.1) if one_bias else 0.0
@@ -178,7 +181,8 @@ def AlexNet(include_top: bool = True,
     dropout: dropout rate of fc6 and fc7 (paper 0.5); 0 disables it.
     initialization: "paper" (N(0, 0.01^2), biases 1 in conv2/4/5 and fc6/7) or
       "caffe" (bvlc_alexnet's: std 0.005 in fc6/7 and biases 0.1) or "he"
-      (He-normal weights, zero biases; not in the paper, converges much sooner).
+      (He-normal weights, N(0, 0.01^2) in fc8, zero biases; not in the paper,
+      converges much sooner).
     mean: "imagenet" (per-channel RGB mean 123.68, 116.78, 103.94), 3 floats,
       an (H, W, 3) mean image (>= the input size, centre-cropped to it), or
       None for no mean subtraction.

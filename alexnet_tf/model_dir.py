@@ -103,13 +103,18 @@ def latest_checkpoint(model_dir: str) -> str | None:
   checkpoint. Should the files of the newest listed checkpoint still be missing or
   unreadable (a damaged disk, a partial copy), the newest readable one is returned.
   """
-  state = tf.train.get_checkpoint_state(checkpoint_dir(model_dir))
+  directory = checkpoint_dir(model_dir)
+  if "://" not in directory:
+    # TF joins a relative directory onto the index's entries, which are then relative to the
+    # working directory, not to `directory`; absolute paths mean one thing only.
+    directory = os.path.abspath(directory)
+  state = tf.train.get_checkpoint_state(directory)
   if state is None or not state.model_checkpoint_path:
     return None
   listed = [p for p in state.all_model_checkpoint_paths if p != state.model_checkpoint_path]
   for path in [state.model_checkpoint_path, *reversed(listed)]:
-    if not os.path.isabs(path):
-      path = os.path.join(checkpoint_dir(model_dir), path)
+    if not os.path.isabs(path) and "://" not in path:
+      path = os.path.join(directory, path)
     if _readable_checkpoint(path):
       return path
   return None

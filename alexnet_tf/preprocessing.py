@@ -147,15 +147,25 @@ def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
 
 
 def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor) -> tf.Tensor:
-  """Bilinear resize (antialiased when shrinking) to float32; only a cast when sizes match."""
+  """Bilinear resize to float32; antialiased only when shrinking by more than 2×.
+
+  Plain bilinear interpolation reads every source pixel when shrinking by less than 2× (the
+  usual case here: a 256-pixel patch from a ~375-pixel photo), so it barely aliases; the
+  antialiasing kernel costs ~3× a JPEG decode there. Beyond 2× it would skip pixels, so the
+  antialiased kernel is used. Sizes that already match are only cast: even an identity resize
+  costs more than decoding a small JPEG (e.g. a 227 crop of a 256-pixel TFRecord image).
+  """
   shape = tf.shape(image)
-  same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
-  # The resize kernel costs more than decoding a small JPEG even when it changes nothing
-  # (e.g. a 227 crop of a 256-pixel TFRecord image), so skip it then.
-  resized = tf.cond(
-      same, lambda: tf.cast(image, tf.float32),
-      lambda: tf.clip_by_value(tf.image.resize(image, tf.stack([height, width]),
-                                               method="bilinear", antialias=True), 0.0, 255.0))
+  size = tf.stack([height, width])
+  same = tf.reduce_all(tf.equal(shape[:2], size))
+  large_shrink = tf.reduce_any(shape[:2] > 2 * size)
+
+  def _resize(antialias: bool) -> tf.Tensor:
+    return tf.clip_by_value(
+        tf.image.resize(image, size, method="bilinear", antialias=antialias), 0.0, 255.0)
+
+  resized = tf.cond(same, lambda: tf.cast(image, tf.float32),
+                    lambda: tf.cond(large_shrink, lambda: _resize(True), lambda: _resize(False)))
   static = [d if isinstance(d, int) else None for d in (height, width)]
   resized.set_shape(static + [image.shape[-1]])
   return resized
@@ -164,7 +174,8 @@ def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor
 def resize_shorter_side(image: tf.Tensor, size: int = FIXED_SIZE) -> tf.Tensor:
   """Resizes [H, W, 3] so that min(H, W) == size (keeping the aspect ratio; upscales too).
 
-  Bilinear, antialiased when shrinking. Returns float32 in the input's value range.
+  Bilinear, antialiased when shrinking by more than 2× (see `_resize_to`). Returns float32 in the
+  input's value range.
   """
   shape = tf.shape(image)
   h = tf.cast(shape[0], tf.float32)

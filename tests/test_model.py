@@ -99,6 +99,16 @@ def test_paper_initialisation(model):
   assert np.all(caffe.get_layer("conv1_a").bias.numpy() == 0.0)
 
 
+def test_he_initialisation():
+  he = AlexNet(initialization="he", seed=0, classes=6)
+  for name, fan_in in (("conv1_a", 11 * 11 * 3), ("conv3_b", 3 * 3 * 256), ("fc7_a", 4096)):
+    kernel = he.get_layer(name).kernel.numpy()
+    assert abs(kernel.std() / np.sqrt(2.0 / fan_in) - 1) < 0.05, name
+    assert np.all(he.get_layer(name).bias.numpy() == 0.0), name
+  # The classifier starts small, so the first loss is about log(classes).
+  assert abs(he.get_layer("fc8").kernel.numpy().std() - 0.01) < 5e-4
+
+
 def test_seed_reproducible_and_towers_differ():
   a, b = AlexNet(seed=3, classes=5), AlexNet(seed=3, classes=5)
   np.testing.assert_array_equal(a.get_layer("conv1_a").kernel.numpy(),

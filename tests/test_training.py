@@ -25,10 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
 
 
-def run(args, env=None, timeout=600, check=True):
+def run(args, env=None, timeout=600, check=True, cwd=ROOT):
   env = dict(os.environ, **(env or {}))
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
+  proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -130,6 +130,16 @@ DROPOUT_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_native_bfloat16_follows_the_cpu_flags():
+  from alexnet_tf import distribute
+  if tf.config.list_physical_devices("GPU"):
+    pytest.skip("with GPUs the compute capability decides")
+  native, reason = distribute.native_bfloat16()
+  cpu_flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+  assert native == ("avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags)
+  assert reason.startswith("CPU ")
+
+
 def test_dropout_masks_differ_between_replicas():
   out = run(["-c", DROPOUT_SCRIPT]).stdout
   assert "DIFFERENT True" in out, out
@@ -212,13 +222,15 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_data, t
 
 
 def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
-  model_dir = str(tmp_path / "run")
-  export_dir = str(tmp_path / "export")
-  out = run([TRAIN_PY, "--strategy=mirrored", "--cpu_replicas=2", "--dataset=shapes",
-             f"--data_dir={shapes_root}", f"--model_dir={model_dir}", "--batch_size=8",
-             "--steps_per_epoch=3", "--epochs=2", "--validation_steps=2", "--log_steps=3",
-             f"--export_dir={export_dir}"]).stdout
+  # A relative --model_dir, as in the README's `python train.py --strategy=mirrored`.
+  args = [TRAIN_PY, "--strategy=mirrored", "--cpu_replicas=2", "--dataset=shapes",
+          f"--data_dir={shapes_root}", "--model_dir=run", "--batch_size=8",
+          "--steps_per_epoch=3", "--validation_steps=2", "--log_steps=3"]
+  out = run(args + ["--epochs=2"], cwd=tmp_path).stdout
   assert "epoch 2/2" in out and "val_top1" in out
+  # The shapes preset picks bfloat16 where it is native (and says so), else float32.
+  assert "--mixed_precision=auto: " in out
+  model_dir = str(tmp_path / "run")
   config = json.load(open(os.path.join(model_dir, "config.json")))
   assert config["model"]["classes"] == 6 and config["class_names"][0] == "circle"
   records = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl"))]
@@ -226,7 +238,11 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
   assert {"loss", "top1", "top5", "val_top1", "val_top5", "learning_rate",
           "images_per_sec"} <= set(records[0])
   assert os.listdir(os.path.join(model_dir, "logs", "train"))
-  assert os.path.isfile(os.path.join(export_dir, "1", "saved_model.pb"))
+  assert os.path.isfile(os.path.join(model_dir, "export", "1", "saved_model.pb"))
+  # Rerunning the command (here with one more epoch) resumes from the checkpoint.
+  out = run(args + ["--epochs=3", "--noexport"], cwd=tmp_path).stdout
+  assert "Resumed from" in out and "step 6" in out, out
+  assert "epoch 3/3" in out and "epoch 1/3" not in out, out
 
 
 @pytest.mark.parametrize("args, message", [
