@@ -240,9 +240,10 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
   assert os.listdir(os.path.join(model_dir, "logs", "train"))
   assert os.path.isfile(os.path.join(model_dir, "export", "1", "saved_model.pb"))
   # Rerunning the command (here with one more epoch) resumes from the checkpoint.
-  out = run(args + ["--epochs=3", "--noexport"], cwd=tmp_path).stdout
+  out = run(args + ["--epochs=3", "--export_dir=exports"], cwd=tmp_path).stdout
   assert "Resumed from" in out and "step 6" in out, out
   assert "epoch 3/3" in out and "epoch 1/3" not in out, out
+  assert os.path.isfile(tmp_path / "exports" / "1" / "saved_model.pb")
 
 
 @pytest.mark.parametrize("args, message", [
