@@ -89,6 +89,9 @@ def _validate(**args: Any) -> None:
     raise ValueError(f"AlexNet: classes must be a positive integer; got {args['classes']!r}.")
   if args["lrn_scope"] == "across_towers" and args["towers"] != 2:
     raise ValueError("AlexNet: lrn_scope='across_towers' needs towers=2.")
+  scale = args["input_scale"]
+  if not (isinstance(scale, (int, float)) and scale > 0):
+    raise ValueError(f"AlexNet: input_scale must be a positive number; got {scale!r}.")
 
 
 def _input_shape(input_shape: Sequence[int] | None, include_top: bool) -> tuple[int, int, int]:
@@ -197,9 +200,7 @@ def AlexNet(include_top: bool = True,
   """
   _validate(towers=towers, activation=activation, lrn=lrn, lrn_scope=lrn_scope,
             pooling_mode=pooling_mode, initialization=initialization, pooling=pooling,
-            dropout=dropout, include_top=include_top, classes=classes)
-  if not (isinstance(input_scale, (int, float)) and input_scale > 0):
-    raise ValueError(f"AlexNet: input_scale must be a positive number; got {input_scale!r}.")
+            dropout=dropout, include_top=include_top, classes=classes, input_scale=input_scale)
   if weights is not None and not isinstance(weights, (str, os.PathLike)):
     raise ValueError(f"AlexNet: weights must be None or a path to a weights file; got {weights!r}.")
   image_shape = _input_shape(input_shape, include_top)

@@ -105,16 +105,14 @@ def latest_checkpoint(model_dir: str) -> str | None:
   """
   directory = checkpoint_dir(model_dir)
   if "://" not in directory:
-    # TF joins a relative directory onto the index's entries, which are then relative to the
-    # working directory, not to `directory`; absolute paths mean one thing only.
+    # TF joins the directory onto the index's relative entries, so a relative directory would
+    # give paths relative to the working directory; an absolute one gives usable paths.
     directory = os.path.abspath(directory)
   state = tf.train.get_checkpoint_state(directory)
   if state is None or not state.model_checkpoint_path:
     return None
   listed = [p for p in state.all_model_checkpoint_paths if p != state.model_checkpoint_path]
   for path in [state.model_checkpoint_path, *reversed(listed)]:
-    if not os.path.isabs(path) and "://" not in path:
-      path = os.path.join(directory, path)
     if _readable_checkpoint(path):
       return path
   return None

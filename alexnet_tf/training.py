@@ -150,11 +150,9 @@ def validate_config(config: TrainConfig) -> None:
     _validate(towers=m["towers"], activation=m["activation"], lrn=m["lrn"],
               lrn_scope=m.get("lrn_scope", "tower"), pooling_mode=m["pooling_mode"],
               initialization=m["initialization"], pooling=None, dropout=m["dropout"],
-              include_top=True, classes=m["classes"])
+              include_top=True, classes=m["classes"], input_scale=m.get("input_scale", 1.0))
     if m["image_size"] not in (224, 227):
       raise ValueError(f"--image_size must be 227 or 224; got {m['image_size']!r}.")
-    if not m.get("input_scale", 1.0) > 0:
-      raise ValueError(f"--input_scale must be a positive number; got {m['input_scale']!r}.")
   except ValueError as e:
     raise UserError(str(e).replace("AlexNet: ", "--")) from e
   _check_model_dir_writable(config.model_dir)
