@@ -4,12 +4,15 @@ Training (`build_train_dataset`), per input pipeline:
   source.records(input_context, shuffle=True)   # this pipeline's shard; file lists reshuffled
   → shuffle(shuffle_buffer)                      # unless the source already shuffles all records
   → repeat() → enumerate()                       # element index i (counts across epochs)
-  → map(validity check + fused decode/crop + flip + PCA lighting), AUTOTUNE parallel
-  → drop skipped records → ignore_errors() (non-strict) → batch(per-replica, drop_remainder)
+  → map(validity check + fused decode/crop + flip, in uint8; draw the PCA lighting shift),
+    AUTOTUNE parallel
+  → ignore_errors() (non-strict: drops the records the check failed) → batch(per-replica,
+    drop_remainder)
+  → map(add the lighting shifts, to float32)    # unless lighting_in_step: the step does it
   → prefetch(AUTOTUNE)
 Evaluation (`build_eval_dataset`): records in order (every record exactly once over all
-pipelines) → map(check + decode + shorter side 256 + centre crop or ten crops) → batch (partial
-last batch kept) → prefetch.
+pipelines) → map(check + decode + shorter side 256 + centre crop or ten crops) →
+ignore_errors() (non-strict) → batch (partial last batch kept) → prefetch.
 
 Use with a strategy:
 
@@ -28,9 +31,11 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
    start with a JPEG/PNG/GIF/BMP signature, and end with its format's trailer (JPEG EOI marker
    FF D9 / PNG IEND chunk / GIF ';' within the last 32 bytes). This catches non-image files,
    empty files and truncated files (the common cases) without decoding. A record that fails is
-   dropped and counted in a `CorruptCounter`: a Python-side counter incremented through a
-   `tf.py_function` that runs only for failing records (no cost for good ones; no tf.Variable,
-   so it works the same under any distribution strategy and outside strategy scopes).
+   counted in a `CorruptCounter` and dropped (its map call raises "corrupt image file, skipped"
+   before decoding, which `ignore_errors()` drops and logs). The counter is a Python-side count
+   incremented through a `tf.py_function` that runs only for failing records (no cost for good
+   ones; no tf.Variable, so it works the same under any distribution strategy and outside
+   strategy scopes).
    The last few skipped file names are kept (`CorruptCounter.recent_files`).
 2. A record that passes the check but still fails to decode (e.g. a broken header) is dropped
    by `ignore_errors()` as a backstop; TF logs a warning for it, but it is not counted. Run
@@ -193,15 +198,22 @@ def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
       tf.logical_or(tf.logical_and(is_gif, _tail_contains(image_bytes, n, b";")), is_bmp))
 
 
-def _checked(record: dict, strict: bool, counter: CorruptCounter) -> tf.Tensor:
-  """The validity of one record: asserts (strict) or counts (non-strict) failures."""
+def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter) -> tf.Tensor:
+  """The record's encoded image, passed on only if it passes `is_valid_image`.
+
+  A failing record raises InvalidArgumentError ("corrupt image file ...", with the file name)
+  before anything decodes it; without `strict` it is counted first, and the pipeline's
+  `ignore_errors()` then drops it (one stage, instead of a filter on a validity flag).
+  """
   ok = is_valid_image(record["image"])
   if strict:
-    with tf.control_dependencies([tf.debugging.Assert(
-        ok, ["corrupt image file (--strict_data):", record["filename"]])]):
-      return tf.identity(ok)
-  return tf.cond(ok, lambda: tf.constant(True),
+    what = "corrupt image file (--strict_data):"
+  else:
+    what = "corrupt image file, skipped:"
+    ok = tf.cond(ok, lambda: tf.constant(True),
                  lambda: counter._py_record(record["filename"]))  # pylint: disable=protected-access
+  with tf.control_dependencies([tf.debugging.Assert(ok, [what, record["filename"]])]):
+    return tf.identity(record["image"])
 
 
 def _check_image_size(image_size: int) -> None:
@@ -215,27 +227,19 @@ def _shard(input_context) -> tuple[int, int]:
   return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
-def _is_ok(ok, image, label):
-  del image, label
-  return ok
-
-
-def _drop_ok(ok, image, label):
-  del ok
-  return image, label
-
-
 def _finish(ds: tf.data.Dataset, strict: bool, batch_size: int, drop_remainder: bool,
             deterministic: bool) -> tf.data.Dataset:
-  ds = ds.filter(_is_ok).map(_drop_ok)
   if not strict:
     ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.prefetch(_AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = deterministic
   options.experimental_optimization.map_parallelization = True
   return ds.with_options(options)
+
+
+def _light_batch(inputs, labels):
+  return preprocessing.apply_lighting(*inputs), labels
 
 
 def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int = 227,
@@ -246,9 +250,17 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
                         eigvec: Sequence[Sequence[float]] | None = None,
                         alphastd: float = 0.1, deterministic: bool = False,
                         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, repeat: bool = True,
-                        strict: bool = False,
-                        counter: CorruptCounter | None = None) -> tf.data.Dataset:
+                        strict: bool = False, counter: CorruptCounter | None = None,
+                        lighting_in_step: bool = False) -> tf.data.Dataset:
   """The training pipeline: (images float32 [batch, size, size, 3] in 0..255, labels int64 [batch]).
+
+  With `lighting_in_step=True` (what train.py uses) the elements are instead
+  `((images uint8 [batch, size, size, 3], shifts float32 [batch, 3]), labels)`: the images are
+  cropped and flipped but not yet lit, and `preprocessing.apply_lighting(images, shifts)` in the
+  training step (`training.make_train_step` does it) gives the same float32 images. The float
+  work then runs in the step (on the accelerator, when there is one) and the pipeline and the
+  host-to-device copy carry 4× fewer bytes: on a CPU core the pipeline's per-image cost drops to
+  little more than the JPEG decode (benchmarks/RESULTS.md).
 
   Args:
     source: from `alexnet_tf.datasets.load_source(..., "train")`.
@@ -270,12 +282,13 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
       gives exactly one pass.
     strict: raise on a corrupt record instead of skipping it (--strict_data).
     counter: where skipped records are counted; default `corrupt_counter("train")`.
+    lighting_in_step: leave the images uint8 and return the lighting shifts (above).
   """
   _check_image_size(image_size)
   if batch_size < 1:
     raise UserError(f"batch size must be positive, got {batch_size}")
   counter = counter or corrupt_counter("train")
-  n, pipeline_id = _shard(input_context)
+  _, pipeline_id = _shard(input_context)
   aug_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
   ds = source.records(input_context, shuffle=True, seed=seed)
   if not source.shuffles_records and shuffle_buffer > 1:
@@ -285,22 +298,20 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
     ds = ds.repeat()
   ds = ds.enumerate()
   base_seed = tf.constant([aug_seed, pipeline_id], tf.int64)
-  del n
 
   def _map(index, record):
-    ok = _checked(record, strict, counter)
+    image_bytes = checked_image_bytes(record, strict, counter)
     element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-
-    def _good():
-      return preprocessing.preprocess_for_train(
-          record["image"], element_seed, image_size, crop=random_crop, flip=random_flip,
-          lighting=pca_lighting, alphastd=alphastd, eigval=eigval, eigvec=eigvec)
-
-    image = tf.cond(ok, _good, lambda: tf.zeros([image_size, image_size, 3], tf.float32))
-    return ok, image, record["label"]
+    image, shift = preprocessing.augment_for_train(
+        image_bytes, element_seed, image_size, crop=random_crop, flip=random_flip,
+        lighting=pca_lighting, alphastd=alphastd, eigval=eigval, eigvec=eigvec)
+    return (image, shift), record["label"]
 
   ds = ds.map(_map, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
-  return _finish(ds, strict, batch_size, True, deterministic)
+  ds = _finish(ds, strict, batch_size, True, deterministic)
+  if not lighting_in_step:
+    ds = ds.map(_light_batch, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+  return ds.prefetch(_AUTOTUNE)
 
 
 def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int = 227,
@@ -322,17 +333,14 @@ def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int =
   shape = [10, image_size, image_size, 3] if ten_crop else [image_size, image_size, 3]
 
   def _map(record):
-    ok = _checked(record, strict, counter)
-    image = tf.cond(
-        ok, lambda: preprocessing.preprocess_for_eval(record["image"], image_size,
-                                                      num_crops=num_crops),
-        lambda: tf.zeros(shape, tf.float32))
+    image = preprocessing.preprocess_for_eval(checked_image_bytes(record, strict, counter),
+                                              image_size, num_crops=num_crops)
     image.set_shape(shape)
-    return ok, image, record["label"]
+    return image, record["label"]
 
   ds = source.records(input_context).map(_map, num_parallel_calls=_AUTOTUNE,
                                           deterministic=True)
-  return _finish(ds, strict, batch_size, False, True)
+  return _finish(ds, strict, batch_size, False, True).prefetch(_AUTOTUNE)
 
 
 @dataclasses.dataclass

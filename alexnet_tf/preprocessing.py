@@ -1,8 +1,8 @@
 """Image ops of the paper (SPEC §1.4): decode, fixed resolution, crops, flips, PCA lighting.
 
-All functions work on one image (no batch dimension) and return float32 RGB in 0..255
-(NOT mean-subtracted: the model subtracts the mean in its first layer), except the decode
-functions, which return uint8.
+All functions work on one image (no batch dimension; `apply_lighting` also takes a batch) and
+return float32 RGB in 0..255 (NOT mean-subtracted: the model subtracts the mean in its first
+layer), except the decode functions and `augment_for_train`, which return uint8 images.
 
 The paper's fixed-resolution step is "rescale so the shorter side is 256, then take the central
 256×256 patch" (`resize_shorter_side` + `center_crop`, or `fixed_resolution`). Training then takes
@@ -32,7 +32,9 @@ shift is computed in [0, 1] units and multiplied by 255 (the ecosystem conventio
 timm). Eigenvalues of a covariance of 0..255 pixel values (what `alexnet_tf.tools.dataset_stats`
 writes) are λ' = 255²·λ; `pca_lighting` recognises them (any eigenvalue > 1 cannot come from [0, 1]
 pixels, whose total variance is at most 0.75) and divides them by 255², so both scales give the
-same shift. The result is clipped to 0..255.
+same shift. The result is clipped to 0..255. Because the shift is one RGB offset per image,
+drawing it (`lighting_shift`) and adding it (`apply_lighting`) can happen in different places: the
+training pipeline draws it per image and, in train.py, the training step adds it to the batch.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def _window_for_crop(height: tf.Tensor, width: tf.Tensor, offset_y: tf.Tensor,
 
 def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
                            offset: tf.Tensor | Sequence[int] | None = None,
-                           fixed_size: int = FIXED_SIZE) -> tf.Tensor:
+                           fixed_size: int = FIXED_SIZE,
+                           dtype: tf.DType = tf.float32) -> tf.Tensor:
   """Fused decode + fixed-resolution step + crop (see the module docstring).
 
   Computes, up to resampling, `fixed_resolution(decode_rgb(image_bytes))` cropped to
@@ -119,9 +122,10 @@ def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
     offset: (y, x) offset of the crop inside the fixed_size² patch, each in
       [0, fixed_size − crop_size]; None for the centre.
     fixed_size: the paper's fixed resolution, 256.
+    dtype: float32 (default), or uint8 (resized pixels rounded to whole values).
 
   Returns:
-    float32 [crop_size, crop_size, 3] in 0..255.
+    [crop_size, crop_size, 3] in 0..255, of `dtype`.
   """
   if not 0 < crop_size <= fixed_size:
     raise ValueError(f"crop_size must be in 1..{fixed_size}, got {crop_size}")
@@ -143,17 +147,19 @@ def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
 
   image = tf.cond(tf.io.is_jpeg(image_bytes), _jpeg, _other)
   image.set_shape([None, None, 3])
-  return _resize_to(image, crop_size, crop_size)
+  return _resize_to(image, crop_size, crop_size, dtype)
 
 
-def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor) -> tf.Tensor:
-  """Bilinear resize to float32; antialiased only when shrinking by more than 2×.
+def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor,
+               dtype: tf.DType = tf.float32) -> tf.Tensor:
+  """Bilinear resize to `dtype` (0..255 values); antialiased only when shrinking by more than 2×.
 
   Plain bilinear interpolation reads every source pixel when shrinking by less than 2× (the
   usual case here: a 256-pixel patch from a ~375-pixel photo), so it barely aliases; the
   antialiasing kernel costs ~3× a JPEG decode there. Beyond 2× it would skip pixels, so the
   antialiased kernel is used. Sizes that already match are only cast: even an identity resize
   costs more than decoding a small JPEG (e.g. a 227 crop of a 256-pixel TFRecord image).
+  For uint8 output, resized values are rounded.
   """
   shape = tf.shape(image)
   size = tf.stack([height, width])
@@ -161,10 +167,11 @@ def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor
   large_shrink = tf.reduce_any(shape[:2] > 2 * size)
 
   def _resize(antialias: bool) -> tf.Tensor:
-    return tf.clip_by_value(
+    out = tf.clip_by_value(
         tf.image.resize(image, size, method="bilinear", antialias=antialias), 0.0, 255.0)
+    return tf.cast(tf.round(out), dtype) if dtype == tf.uint8 else tf.cast(out, dtype)
 
-  resized = tf.cond(same, lambda: tf.cast(image, tf.float32),
+  resized = tf.cond(same, lambda: tf.cast(image, dtype),
                     lambda: tf.cond(large_shrink, lambda: _resize(True), lambda: _resize(False)))
   static = [d if isinstance(d, int) else None for d in (height, width)]
   resized.set_shape(static + [image.shape[-1]])
@@ -267,6 +274,38 @@ def _unit_eigval(eigval: tf.Tensor) -> tf.Tensor:
   return tf.where(tf.reduce_max(eigval) > 1.0, eigval / (255.0 * 255.0), eigval)
 
 
+def lighting_shift(seed: tf.Tensor | None = None, alphastd: float = 0.1,
+                   eigval: Sequence[float] | np.ndarray | tf.Tensor | None = None,
+                   eigvec: Sequence[Sequence[float]] | np.ndarray | tf.Tensor | None = None
+                   ) -> tf.Tensor:
+  """One image's PCA lighting shift: `255 · eigvec @ (alpha * eigval)`, float32 [3] (RGB, 0..255).
+
+  alpha ~ N(0, alphastd²) (3 values). See `pca_lighting` for the arguments; `apply_lighting`
+  adds the shift to the image.
+  """
+  eigval = tf.constant(IMAGENET_EIGVAL if eigval is None else eigval, tf.float32)
+  eigvec = tf.constant(IMAGENET_EIGVEC if eigvec is None else eigvec, tf.float32)
+  eigval = tf.reshape(eigval, [3])
+  eigvec = tf.reshape(eigvec, [3, 3])
+  if seed is None:
+    alpha = tf.random.normal([3], stddev=alphastd)
+  else:
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alphastd)
+  return 255.0 * tf.linalg.matvec(eigvec, alpha * _unit_eigval(eigval))
+
+
+def apply_lighting(images: tf.Tensor, shifts: tf.Tensor) -> tf.Tensor:
+  """Adds per-image RGB shifts to images and clips to 0..255; float32 out.
+
+  Args:
+    images: [H, W, 3] or [B, H, W, 3], values in 0..255, any numeric dtype (uint8 from the
+      training pipeline with `lighting_in_step=True`).
+    shifts: [3] or [B, 3] float32, from `lighting_shift` (zeros leave the image as it is).
+  """
+  shifts = tf.convert_to_tensor(shifts, tf.float32)
+  return tf.clip_by_value(tf.cast(images, tf.float32) + shifts[..., None, None, :], 0.0, 255.0)
+
+
 def pca_lighting(image: tf.Tensor, alphastd: float = 0.1,
                  eigval: Sequence[float] | np.ndarray | tf.Tensor | None = None,
                  eigvec: Sequence[Sequence[float]] | np.ndarray | tf.Tensor | None = None,
@@ -274,7 +313,7 @@ def pca_lighting(image: tf.Tensor, alphastd: float = 0.1,
   """The paper's PCA lighting noise on an RGB image in 0..255 (see the module docstring).
 
   Adds `255 · eigvec @ (alpha * eigval)` to every pixel, alpha ~ N(0, alphastd²) (3 values, drawn
-  once per call), then clips to 0..255.
+  once per call), then clips to 0..255: `apply_lighting(image, lighting_shift(...))`.
 
   Args:
     image: [H, W, 3], values in 0..255 (any numeric dtype; returned as float32).
@@ -284,17 +323,34 @@ def pca_lighting(image: tf.Tensor, alphastd: float = 0.1,
     eigvec: 3×3, one unit eigenvector per column; default ImageNet's.
     seed: [2] ints for a stateless draw; None draws from the global generator.
   """
-  image = tf.cast(image, tf.float32)
-  eigval = tf.constant(IMAGENET_EIGVAL if eigval is None else eigval, tf.float32)
-  eigvec = tf.constant(IMAGENET_EIGVEC if eigvec is None else eigvec, tf.float32)
-  eigval = tf.reshape(eigval, [3])
-  eigvec = tf.reshape(eigvec, [3, 3])
-  if seed is None:
-    alpha = tf.random.normal([3], stddev=alphastd)
+  return apply_lighting(image, lighting_shift(seed, alphastd, eigval, eigvec))
+
+
+def augment_for_train(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int = 227, *,
+                      crop: bool = True, flip: bool = True, lighting: bool = True,
+                      alphastd: float = 0.1, eigval=None, eigvec=None
+                      ) -> tuple[tf.Tensor, tf.Tensor]:
+  """The training pipeline's per-image work: (uint8 [size, size, 3] image, float32 [3] shift).
+
+  Fused decode + fixed resolution + random crop (centre crop when `crop` is False) + random
+  horizontal flip (`flip`), kept in uint8 (a resized window is rounded to whole values, which
+  JPEG pixels are anyway), and the image's PCA lighting shift (`lighting`; zeros when off).
+  `apply_lighting(image, shift)` finishes the image; `preprocess_for_train` does both. Keeping
+  the float work out of the per-image path lets the input pipeline batch 4× less data and leave
+  the lighting to the training step (see `input_pipeline.build_train_dataset`).
+  Stateless in `seed` ([2] ints): the crop, flip and lighting draws use three seeds split from it.
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+  offset = random_crop_offset(seeds[0], image_size) if crop else None
+  image = decode_crop_and_resize(image_bytes, image_size, offset, dtype=tf.uint8)
+  if flip:
+    image = random_flip(image, seeds[1])
+  image.set_shape([image_size, image_size, 3])
+  if lighting:
+    shift = lighting_shift(seeds[2], alphastd, eigval, eigvec)
   else:
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alphastd)
-  shift = 255.0 * tf.linalg.matvec(eigvec, alpha * _unit_eigval(eigval))
-  return tf.clip_by_value(image + shift, 0.0, 255.0)
+    shift = tf.zeros([3], tf.float32)
+  return image, shift
 
 
 def preprocess_for_train(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int = 227, *,
@@ -302,20 +358,13 @@ def preprocess_for_train(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: in
                          alphastd: float = 0.1, eigval=None, eigvec=None) -> tf.Tensor:
   """Encoded bytes → one augmented training image, float32 [image_size, image_size, 3] in 0..255.
 
-  Fused decode + fixed resolution + random crop (centre crop when `crop` is False), then a
-  random horizontal flip (`flip`) and PCA lighting (`lighting`, see `pca_lighting` for
-  alphastd/eigval/eigvec). Stateless in `seed` ([2] ints): the crop, flip and lighting draws use
-  three seeds split from it.
+  `augment_for_train` (decode, fixed resolution, random crop, flip, lighting shift) followed by
+  `apply_lighting`; see there for the arguments. Stateless in `seed` ([2] ints).
   """
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-  offset = random_crop_offset(seeds[0], image_size) if crop else None
-  image = decode_crop_and_resize(image_bytes, image_size, offset)
-  if flip:
-    image = random_flip(image, seeds[1])
-  if lighting:
-    image = pca_lighting(image, alphastd, eigval, eigvec, seed=seeds[2])
-  image.set_shape([image_size, image_size, 3])
-  return image
+  image, shift = augment_for_train(image_bytes, seed, image_size, crop=crop, flip=flip,
+                                   lighting=lighting, alphastd=alphastd, eigval=eigval,
+                                   eigvec=eigvec)
+  return apply_lighting(image, shift)
 
 
 def preprocess_for_eval(image_bytes: tf.Tensor, image_size: int = 227, *,

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf import distribute, model_dir as model_dir_lib
+from alexnet_tf import distribute, model_dir as model_dir_lib, preprocessing
 from alexnet_tf.errors import UserError, log_line
 from alexnet_tf.evaluation import evaluate_model
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
@@ -315,7 +315,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
           seed=_seed_for(config, epoch), random_crop=config.random_crop,
           random_flip=config.random_flip, pca_lighting=config.pca_lighting,
           eigval=stats.get("eigenvalues"), eigvec=stats.get("eigenvectors"),
-          deterministic=config.deterministic, strict=config.strict_data)
+          deterministic=config.deterministic, strict=config.strict_data,
+          lighting_in_step=True)
       per_pipeline = skip_batches * (replicas // max(ctx.num_input_pipelines, 1))
       return ds.skip(per_pipeline) if per_pipeline else ds
 
@@ -501,10 +502,13 @@ def make_train_step(strategy, model, optimizer, metrics: StepMetrics, global_bat
 
   Returns:
     `train_step(iterator, lr)` → (loss, number of replicas whose gradients hold a NaN/Inf),
-    both summed over replicas; it draws one batch from the distributed `iterator`.
+    both summed over replicas; it draws one batch from the distributed `iterator`: (images,
+    labels), or ((uint8 images, lighting shifts), labels) from `build_train_dataset(...,
+    lighting_in_step=True)`, whose lighting the step adds first.
   """
 
-  def step_fn(images, labels, lr):
+  def step_fn(inputs, labels, lr):
+    images = preprocessing.apply_lighting(*inputs) if isinstance(inputs, tuple) else inputs
     with tf.GradientTape() as tape:
       logits = tf.cast(model(images, training=True), tf.float32)
       per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -531,8 +535,8 @@ def make_train_step(strategy, model, optimizer, metrics: StepMetrics, global_bat
   @tf.function
   def train_step(iterator, lr):
     """(loss, number of replicas with non-finite gradients) of one global batch."""
-    images, labels = next(iterator)
-    per_replica = strategy.run(step_fn, args=(images, labels, lr))
+    inputs, labels = next(iterator)
+    per_replica = strategy.run(step_fn, args=(inputs, labels, lr))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
   return train_step

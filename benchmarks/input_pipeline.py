@@ -199,8 +199,9 @@ def _folder_jpegs(source) -> list[bytes]:
 def _pipeline(source, one_thread: bool):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
+  # train.py's defaults and its lighting_in_step=True: uint8 batches + lighting shifts.
   ds = input_pipeline.build_train_dataset(source, FLAGS.batch_size, IMAGE_SIZE, None,
-                                          seed=FLAGS.seed)  # train.py's defaults.
+                                          seed=FLAGS.seed, lighting_in_step=True)
   if one_thread:
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
@@ -220,8 +221,8 @@ def measure_pipeline(dataset) -> float:
     start = time.perf_counter()
     images = 0
     while True:
-      batch, _ = next(iterator)
-      images += int(batch.shape[0])
+      _, labels = next(iterator)
+      images += int(labels.shape[0])
       elapsed = time.perf_counter() - start
       if elapsed >= FLAGS.seconds:
         return images / elapsed

@@ -9,7 +9,8 @@ same run are compared), after warm-up, the median over --repeats of:
   1. ceiling    a large matrix product (--matmul_size, 4096³ by default) in float32 and
                 bfloat16, GFLOP/s: what this machine's TensorFlow can do at best;
   2. train      training-step images/sec on synthetic input (random tensors already on the
-                device), float32 and bfloat16 (`mixed_bfloat16` policy), with the package's own
+                device, in train.py's input format: uint8 images and PCA lighting shifts, which
+                the step adds), float32 and bfloat16 (`mixed_bfloat16` policy), with the package's own
                 step (`alexnet_tf.training.make_train_step`: PaperSGD, loss, metrics, one
                 host sync per step, exactly what train.py runs), and the GFLOP/s this is at
                 4.14 GFLOP/image (SPEC §1) as a fraction of (1) at the same precision;
@@ -133,14 +134,14 @@ class _OnDevice:
   (`make_train_step`'s tf.function traces `next(iterator)` once and captures these tensors.)
   """
 
-  def __init__(self, images, labels) -> None:
-    self.images, self.labels = images, labels
+  def __init__(self, inputs, labels) -> None:
+    self.inputs, self.labels = inputs, labels
 
   def __iter__(self) -> "_OnDevice":
     return self
 
   def __next__(self):
-    return self.images, self.labels
+    return self.inputs, self.labels
 
 
 class Trainer:
@@ -224,13 +225,15 @@ def _matmul_benches() -> list[Bench]:
 
 
 def _synthetic_batch():
+  """(uint8 images, lighting shifts), float32 images (the same pixels), labels; on the device."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with tf.device(_device()):
-    images = tf.random.uniform([FLAGS.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3], 0.0, 255.0,
-                               seed=FLAGS.seed)
+    pixels = tf.random.uniform([FLAGS.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3], 0, 256,
+                               dtype=tf.int32, seed=FLAGS.seed)
+    shifts = tf.random.normal([FLAGS.batch_size, 3], stddev=5.0, seed=FLAGS.seed)
     labels = tf.random.uniform([FLAGS.batch_size], 0, NUM_CLASSES, dtype=tf.int64,
                                seed=FLAGS.seed)
-  return images, labels
+  return (tf.cast(pixels, tf.uint8), shifts), tf.cast(pixels, tf.float32), labels
 
 
 def _train_bench(trainer: Trainer, key: str, label: str, iterator) -> Bench:
@@ -258,7 +261,7 @@ def _pipeline_bench(trainer: Trainer, source) -> Bench:
     # As training.train's make_train_dataset with train.py's defaults (augmentation on).
     return input_pipeline.build_train_dataset(
         source, batch, IMAGE_SIZE, ctx, seed=FLAGS.seed, random_crop=True, random_flip=True,
-        pca_lighting=True, deterministic=False, strict=False)
+        pca_lighting=True, deterministic=False, strict=False, lighting_in_step=True)
 
   dataset = strategy.distribute_datasets_from_function(dataset_fn)
   state: dict[str, Any] = {"iterator": None}
@@ -309,8 +312,9 @@ def main(argv) -> None:
   precisions = _precisions()
   benches: list[Bench] = []
   trainers: dict[tuple, Trainer] = {}
-  images, labels = _synthetic_batch() if sections & {"train", "inference"} else (None, None)
-  synthetic = _OnDevice(images, labels)
+  train_inputs, images, labels = (_synthetic_batch() if sections & {"train", "inference"}
+                                  else (None, None, None))
+  synthetic = _OnDevice(train_inputs, labels)
   shapes_source = None
 
   if "matmul" in sections:

@@ -145,6 +145,9 @@ def test_preprocess_for_train_reproducible():
   np.testing.assert_array_equal(a.numpy(), b.numpy())
   assert not np.array_equal(a.numpy(), c.numpy())
   assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 255.0
+  image, shift = pp.augment_for_train(data, tf.constant([5, 6]))
+  assert image.dtype == tf.uint8 and shift.shape == (3,)
+  np.testing.assert_array_equal(pp.apply_lighting(image, shift).numpy(), a.numpy())
   plain = pp.preprocess_for_train(data, tf.constant([5, 6]), 224, crop=False, flip=False,
                                   lighting=False)
   # Same centre crop, computed by one fused resize instead of resize-256 + slice.

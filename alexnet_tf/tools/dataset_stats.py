@@ -59,22 +59,16 @@ def compute_stats(source, *, mean_image: bool = False, max_images: int | None = 
   counter = input_pipeline.CorruptCounter("stats")
 
   def per_image(record):
-    ok = input_pipeline._checked(record, False, counter)  # pylint: disable=protected-access
-
-    def good():
-      image = preprocessing.decode_crop_and_resize(record["image"], size)
-      return tf.cast(image, tf.float64)
-
-    image = tf.cond(ok, good, lambda: tf.zeros([size, size, 3], tf.float64))
+    image_bytes = input_pipeline.checked_image_bytes(record, False, counter)
+    image = tf.cast(preprocessing.decode_crop_and_resize(image_bytes, size), tf.float64)
     pixels = tf.reshape(image, [-1, 3])
-    return ok, image, tf.reduce_sum(pixels, 0), tf.matmul(pixels, pixels, transpose_a=True)
+    return image, tf.reduce_sum(pixels, 0), tf.matmul(pixels, pixels, transpose_a=True)
 
   ds = source.records()
   if max_images:
     ds = ds.take(max_images)
   ds = ds.map(per_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  ds = ds.filter(lambda ok, *rest: ok).ignore_errors(log_warning=True)
-  ds = ds.map(lambda ok, image, s, ss: (image, s, ss)).batch(batch_size)
+  ds = ds.ignore_errors(log_warning=True).batch(batch_size)
   ds = ds.map(lambda image, s, ss: (tf.reduce_sum(image, 0), tf.reduce_sum(s, 0),
                                     tf.reduce_sum(ss, 0), tf.shape(s, tf.int64)[0]))
   ds = ds.prefetch(2)
