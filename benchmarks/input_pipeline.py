@@ -4,8 +4,10 @@ r"""Training input pipeline throughput per CPU core, against the single-thread J
       [--train_images_per_sec=N | --throughput_json=FILE]
 
 Measures, in ONE run (SPEC §3: compare ratios taken in the same run), the images/sec of
-train.py's training pipeline (`alexnet_tf.input_pipeline.build_train_dataset`: validity check,
-fused decode + crop, resize, flip, PCA lighting, batch; all augmentation on) on two kinds of data:
+train.py's training pipeline (`alexnet_tf.input_pipeline.build_train_dataset(...,
+lighting_in_step=True)`: validity check, fused decode + crop, resize, flip, PCA lighting shift,
+uint8 batch; all augmentation on; train.py's training step adds the lighting shifts to the batch,
+which `benchmarks/throughput.py` counts in the step) on two kinds of data:
 
   (a) full-size JPEGs: --num_images synthetic photo-like images of about 500×375 (smooth
       colour fields, texture, blurred objects, grain; ~100 KB each at JPEG quality 90, 4:2:0),
