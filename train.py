@@ -62,9 +62,10 @@ flags.DEFINE_integer("seed", None, "Seed for initialisation, data order and augm
 flags.DEFINE_bool("deterministic", False, "Deterministic ops and input order (slower), so a "
                   "resumed run reproduces an uninterrupted one.")
 flags.DEFINE_enum("mixed_precision", None, ["none", "bfloat16", "float16", "auto"],
-                  "Mixed precision policy (LRN and softmax stay float32). auto: bfloat16 where "
-                  "the hardware computes it natively (GPUs of compute capability >= 8.0, CPUs "
-                  "with AVX512_BF16/AMX), else none. Default: the dataset's preset.")
+                  "Mixed precision policy (softmax stays float32; LRN too under float16). "
+                  "auto: bfloat16 where the hardware computes it natively (GPUs of compute "
+                  "capability >= 8.0, CPUs with AVX512_BF16/AMX), else none. Default: the "
+                  "dataset's preset.")
 flags.DEFINE_string("export_dir", None, "At the end, export a TF Serving SavedModel to "
                     "EXPORT_DIR/<version> (default: MODEL_DIR/export).")
 flags.DEFINE_bool("export", True, "Export the SavedModel at the end (--noexport to skip).")

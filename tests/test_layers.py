@@ -81,12 +81,14 @@ def test_across_towers_scope(activations):
   np.testing.assert_allclose(per_tower[..., :22], expected[..., :22], rtol=1e-5)
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision(activations, policy):
+@pytest.mark.parametrize("policy,implementation", [
+    ("mixed_bfloat16", "primitive"), ("mixed_bfloat16", "primitive_float32"),
+    ("mixed_float16", "primitive")])
+def test_mixed_precision(activations, policy, implementation):
   x = tf.constant(activations)
   keras.mixed_precision.set_global_policy(policy)
   try:
-    layer = LocalResponseNormalization()
+    layer = LocalResponseNormalization(implementation=implementation)
     with tf.GradientTape() as tape:
       tape.watch(x)
       y = layer(tf.cast(x, layer.compute_dtype))
@@ -97,7 +99,8 @@ def test_mixed_precision(activations, policy):
     keras.mixed_precision.set_global_policy("float32")
   expected = lrn_numpy(activations, 5, 2.0, 1e-4, 0.75)
   y = tf.cast(y, tf.float32).numpy()
-  if policy == "mixed_float16":  # Computed in float32, rounded once.
+  if implementation == "primitive_float32" or policy == "mixed_float16":
+    # Computed in float32, rounded once.
     np.testing.assert_allclose(y, expected, rtol=1e-2, atol=1e-2)
   else:  # Computed in bfloat16 (2^-8 relative rounding per op): a few roundings, no bias.
     relative = (y - expected) / expected
