@@ -10,10 +10,11 @@ same run are compared), after warm-up, the median over --repeats of:
                 bfloat16, GFLOP/s: what this machine's TensorFlow can do at best;
   2. train      training-step images/sec on synthetic input (random tensors already on the
                 device, in train.py's input format: uint8 images and PCA lighting shifts, which
-                the step adds), float32 and bfloat16 (`mixed_bfloat16` policy), with the package's own
-                step (`alexnet_tf.training.make_train_step`: PaperSGD, loss, metrics, one
-                host sync per step, exactly what train.py runs), and the GFLOP/s this is at
-                4.14 GFLOP/image (SPEC §1) as a fraction of (1) at the same precision;
+                the step adds), float32 and bfloat16 (`mixed_bfloat16` policy), with the
+                package's own step (`alexnet_tf.training.make_train_step`: PaperSGD, loss,
+                metrics, one host sync per step, exactly what train.py runs), and the GFLOP/s
+                this is at 4.14 GFLOP/image (SPEC §1) as a fraction of (1) at the same
+                precision;
   3. inference  forward-pass images/sec (training=False) and its fraction of (1) at
                 1.449 GFLOP/image;
   4. pipeline   the same training step fed by train.py's real input path (`datasets.
