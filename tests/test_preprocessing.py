@@ -136,6 +136,21 @@ def test_pca_lighting_scale_invariance_and_clipping():
   assert white.min() >= 0.0 and white.max() <= 255.0
 
 
+def test_add_per_channel_is_plain_broadcasting_bitwise():
+  rng = np.random.default_rng(4)
+  batch = rng.uniform(0, 255, (3, 5, 7, 3)).astype(np.float32)
+  per_image = rng.normal(0, 30, (3, 3)).astype(np.float32)
+  one = np.float32([-123.68, -116.78, -103.94])
+  np.testing.assert_array_equal(pp.add_per_channel(batch, per_image).numpy(),
+                                batch + per_image[:, None, None, :])
+  np.testing.assert_array_equal(pp.add_per_channel(batch, one).numpy(), batch + one)
+  np.testing.assert_array_equal(pp.add_per_channel(batch[0], one).numpy(), batch[0] + one)
+  # Unknown width (traced): plain broadcasting.
+  traced = tf.function(pp.add_per_channel,
+                       input_signature=[tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([3])])
+  np.testing.assert_array_equal(traced(batch, one).numpy(), batch + one)
+
+
 def test_preprocess_for_train_reproducible():
   data = tf.constant(encode_image(smooth_image(np.random.default_rng(3), 280, 350)))
   a = pp.preprocess_for_train(data, tf.constant([5, 6]))
