@@ -314,7 +314,9 @@ def add_per_channel(images: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
   multiples = [1] * (values.shape.rank - 1) + [width]
   rows = tf.reshape(images, tf.concat([tf.shape(images)[:-2], [width * channels]], 0))
   rows += tf.tile(values, multiples)[..., None, :]  # [..., 1, W·C], broadcast over H.
-  return tf.reshape(rows, tf.shape(images))
+  out = tf.reshape(rows, tf.shape(images))
+  out.set_shape(images.shape)
+  return out
 
 
 def apply_lighting(images: tf.Tensor, shifts: tf.Tensor) -> tf.Tensor:
