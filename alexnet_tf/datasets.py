@@ -43,6 +43,7 @@ import dataclasses
 import glob as _glob
 import json
 import os
+import sys
 from typing import Callable, Sequence
 
 import tensorflow as tf
@@ -59,6 +60,7 @@ METADATA_FILE = "metadata.json"
 BUILTIN = ("folder", "tfrecord", "shapes")
 
 _AUTOTUNE = tf.data.AUTOTUNE
+_PARSE_BATCH = 64
 
 
 def _element_spec_dict(image, label, filename) -> dict:
@@ -200,14 +202,19 @@ class TFRecordSource(DatasetSource):
     deterministic = not (shuffle and n == 1) or (n > 1 and not by_file)
 
     def _read(path):
-      return tf.data.TFRecordDataset(path).enumerate().map(
-          lambda k, r: (r, tf.strings.join([path, tf.strings.as_string(k)], separator=":")))
+      # (file, record number, record): names "file:k" for records without image/filename.
+      # Dataset.range, not Dataset.counter, which runs a scan function per record.
+      return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(path).repeat(),
+                                  tf.data.Dataset.range(sys.maxsize),
+                                  tf.data.TFRecordDataset(path)))
 
     ds = files.interleave(_read, cycle_length=min(len(self.files), 16),
                           num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
     if n > 1 and not by_file:
       ds = ds.shard(n, i)
-    return ds.map(_parse_example, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+    # Parsing a batch of Examples costs a fraction of parsing them one by one (per-record ops
+    # cost as much as a small JPEG's decode in tf.data; benchmarks/RESULTS.md).
+    return ds.batch(_PARSE_BATCH).map(_parse_examples).unbatch()
 
   def shard_num_examples(self, input_context=None):
     n, i = _shard(input_context)
@@ -223,8 +230,9 @@ _FEATURES = {
 }
 
 
-def _parse_example(record: tf.Tensor, where: tf.Tensor) -> dict:
-  ex = tf.io.parse_single_example(record, _FEATURES)
+def _parse_examples(paths: tf.Tensor, numbers: tf.Tensor, records: tf.Tensor) -> dict:
+  ex = tf.io.parse_example(records, _FEATURES)
+  where = tf.strings.join([paths, tf.strings.as_string(numbers)], separator=":")
   name = tf.where(tf.strings.length(ex["image/filename"]) > 0, ex["image/filename"], where)
   return _element_spec_dict(ex["image/encoded"], ex["image/class/label"], name)
 

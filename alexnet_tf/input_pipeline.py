@@ -3,16 +3,23 @@
 Training (`build_train_dataset`), per input pipeline:
   source.records(input_context, shuffle=True)   # this pipeline's shard; file lists reshuffled
   → shuffle(shuffle_buffer)                      # unless the source already shuffles all records
-  → repeat() → enumerate()                       # element index i (counts across epochs)
-  → map(validity check + fused decode/crop + flip, in uint8; draw the PCA lighting shift),
-    AUTOTUNE parallel
+  → repeat() → batch(CHECK_GROUP) → enumerate()  # groups of 32 records, group index g
+  → map(draw the group's crops, flips and PCA lighting shifts; validity check) → unbatch()
+  → map(skip a record that failed the check; fused decode/crop + flip, in uint8), AUTOTUNE
+    parallel
   → ignore_errors() (non-strict: drops the records the check failed) → batch(per-replica,
     drop_remainder)
   → map(add the lighting shifts, to float32)    # unless lighting_in_step: the step does it
   → prefetch(AUTOTUNE)
 Evaluation (`build_eval_dataset`): records in order (every record exactly once over all
-pipelines) → map(check + decode + shorter side 256 + centre crop or ten crops) →
-ignore_errors() (non-strict) → batch (partial last batch kept) → prefetch.
+pipelines) → validity check in groups (`flag_validity`) → map(skip a failed record; decode +
+shorter side 256 + centre crop or ten crops) → ignore_errors() (non-strict) → batch (partial
+last batch kept) → prefetch.
+
+Why groups: in tf.data every op of a per-record map function costs a few microseconds, and the
+check and the random draws are a few dozen small ops; on a group of records they cost the same
+few dozen ops once. The per-record map keeps only what must see one image: the decode, the
+crop window and the flip (benchmarks/RESULTS.md has the measurements).
 
 Use with a strategy:
 
@@ -21,21 +28,23 @@ Use with a strategy:
         num_replicas_in_sync), image_size, ctx, seed=seed)
   dist = strategy.distribute_datasets_from_function(dataset_fn)
 
-Reproducibility: augmentation is stateless, keyed by (seed, input_pipeline_id, i) with i the
-element's index in the repeated stream, so replicas/workers draw different augmentations and
-the same seed gives the same augmentation of the same element. With `deterministic=True` and a
-seed the element order is reproducible too (otherwise parallel map may reorder elements).
+Reproducibility: augmentation is stateless, keyed by (seed, input_pipeline_id, g, j), with g the
+index of the element's group in the repeated stream and j its place in the group, so
+replicas/workers draw different augmentations and the same seed gives the same augmentation of
+the same element. With `deterministic=True` and a seed the element order is reproducible too
+(otherwise parallel map may reorder elements).
 
 Corrupt files. A corrupt, truncated or non-image record must not kill a long run:
 1. Every record first passes a cheap in-graph check (`is_valid_image`): it must be non-empty,
    start with a JPEG/PNG/GIF/BMP signature, and end with its format's trailer (JPEG EOI marker
    FF D9 / PNG IEND chunk / GIF ';' within the last 32 bytes). This catches non-image files,
-   empty files and truncated files (the common cases) without decoding. A record that fails is
-   counted in a `CorruptCounter` and dropped (its map call raises "corrupt image file, skipped"
-   before decoding, which `ignore_errors()` drops and logs). The counter is a Python-side count
-   incremented through a `tf.py_function` that runs only for failing records (no cost for good
-   ones; no tf.Variable, so it works the same under any distribution strategy and outside
-   strategy scopes).
+   empty files and truncated files (the common cases) without decoding. The check runs on
+   groups of records (`with_validity`); a record that fails is counted in a `CorruptCounter`
+   and dropped where it would be decoded (its map call raises "corrupt image file, skipped"
+   instead, which `ignore_errors()` drops and logs; `checked_image_bytes`). The counter is a
+   Python-side count incremented through a `tf.py_function` that runs only for failing records
+   (no cost for good ones; no tf.Variable, so it works the same under any distribution strategy
+   and outside strategy scopes).
    The last few skipped file names are kept (`CorruptCounter.recent_files`).
 2. A record that passes the check but still fails to decode (e.g. a broken header) is dropped
    by `ignore_errors()` as a backstop; TF logs a warning for it, but it is not counted. Run
@@ -64,6 +73,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import random
 import threading
 from typing import Sequence
@@ -78,6 +88,9 @@ from alexnet_tf.errors import UserError
 _AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 10_000
 DEFAULT_CORRUPT_THRESHOLD = 0.5
+# Records per group for the validity check and the augmentation draws, which run on whole groups:
+# per-record ops cost as much as a small JPEG's decode in tf.data (benchmarks/RESULTS.md).
+CHECK_GROUP = 32
 
 
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
@@ -174,15 +187,17 @@ def check_corrupt_fraction(num_corrupt: int, num_records: int,
 
 
 def _tail_contains(image_bytes: tf.Tensor, n: tf.Tensor, marker: bytes) -> tf.Tensor:
-  tail = tf.strings.substr(image_bytes, tf.maximum(n - 32, 0), 32)
-  return tf.size(tf.strings.split(tail, sep=marker)) > 1
+  tail = tf.strings.substr(image_bytes, tf.maximum(n - 32, 0), tf.fill(tf.shape(n), 32))
+  found = tf.strings.split(tf.reshape(tail, [-1]), sep=marker).row_lengths() > 1
+  return tf.reshape(found, tf.shape(n))
 
 
 def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
-  """Cheap validity check of one encoded image (scalar tf.bool), without decoding.
+  """Cheap validity check of encoded images (tf.bool of the input's shape), without decoding.
 
   True for a JPEG ending with its EOI marker, a PNG ending with IEND, a GIF ending with ';'
-  or a BMP larger than its headers. Catches empty, non-image and truncated files.
+  or a BMP larger than its headers. Catches empty, non-image and truncated files. Works on one
+  image (a scalar) or on a vector of them at the cost of one.
   """
   n = tf.strings.length(image_bytes)
   head8 = tf.strings.substr(image_bytes, 0, 8)
@@ -198,14 +213,21 @@ def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
       tf.logical_or(tf.logical_and(is_gif, _tail_contains(image_bytes, n, b";")), is_bmp))
 
 
+def with_validity(group: dict) -> dict:
+  """A group of records (a dict of [k] tensors with "image") plus "valid": `is_valid_image`."""
+  return dict(group, valid=is_valid_image(group["image"]))
+
+
 def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter) -> tf.Tensor:
-  """The record's encoded image, passed on only if it passes `is_valid_image`.
+  """The record's encoded image, passed on only if its "valid" flag (`with_validity`) is set.
 
   A failing record raises InvalidArgumentError ("corrupt image file ...", with the file name)
   before anything decodes it; without `strict` it is counted first, and the pipeline's
-  `ignore_errors()` then drops it (one stage, instead of a filter on a validity flag).
+  `ignore_errors()` then drops it. Counting here, where the record is decoded, keeps the count
+  as close to the training loop as the decode is (a group stage would count up to a group of
+  records ahead, across an epoch's end).
   """
-  ok = is_valid_image(record["image"])
+  ok = record["valid"]
   if strict:
     what = "corrupt image file (--strict_data):"
   else:
@@ -214,6 +236,12 @@ def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter) -> 
                  lambda: counter._py_record(record["filename"]))  # pylint: disable=protected-access
   with tf.control_dependencies([tf.debugging.Assert(ok, [what, record["filename"]])]):
     return tf.identity(record["image"])
+
+
+def flag_validity(records: tf.data.Dataset) -> tf.data.Dataset:
+  """`records` with each record's "valid" flag (`is_valid_image`), checked in groups of
+  `CHECK_GROUP` records to cost a few ops per group rather than a few dozen per record."""
+  return records.batch(CHECK_GROUP).map(with_validity).unbatch()
 
 
 def _check_image_size(image_size: int) -> None:
@@ -235,7 +263,18 @@ def _finish(ds: tf.data.Dataset, strict: bool, batch_size: int, drop_remainder: 
   options = tf.data.Options()
   options.deterministic = deterministic
   options.experimental_optimization.map_parallelization = True
+  # TF 2.21's autotuner kept the decode map at one call at a time (half of a 2-core machine's
+  # rate) once a map ran between the shuffle buffer and it, as the group stage does; with at
+  # least one call per core it uses the machine (benchmarks/RESULTS.md).
+  options.autotune.min_parallelism = _usable_cores()
   return ds.with_options(options)
+
+
+def _usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
 
 
 def _light_batch(inputs, labels):
@@ -296,18 +335,23 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
                     reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.enumerate()
   base_seed = tf.constant([aug_seed, pipeline_id], tf.int64)
 
-  def _map(index, record):
-    image_bytes = checked_image_bytes(record, strict, counter)
-    element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    image, shift = preprocessing.augment_for_train(
-        image_bytes, element_seed, image_size, crop=random_crop, flip=random_flip,
-        lighting=pca_lighting, alphastd=alphastd, eigval=eigval, eigvec=eigvec)
-    return (image, shift), record["label"]
+  def _draw_and_check(group_index, group):
+    group_seed = tf.random.experimental.stateless_fold_in(base_seed, group_index)
+    draws = preprocessing.draw_train_augmentation(
+        group_seed, tf.shape(group["label"])[0], image_size, crop=random_crop,
+        flip=random_flip, lighting=pca_lighting, alphastd=alphastd, eigval=eigval,
+        eigvec=eigvec)
+    return with_validity(dict(group, **draws))
 
-  ds = ds.map(_map, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+  def _decode(record):
+    image = preprocessing.decode_for_train(checked_image_bytes(record, strict, counter),
+                                           record["offset"], record["flip"], image_size)
+    return (image, record["shift"]), record["label"]
+
+  ds = ds.batch(CHECK_GROUP).enumerate().map(_draw_and_check).unbatch()
+  ds = ds.map(_decode, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
   ds = _finish(ds, strict, batch_size, True, deterministic)
   if not lighting_in_step:
     ds = ds.map(_light_batch, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
@@ -332,14 +376,14 @@ def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int =
   num_crops = 10 if ten_crop else 1
   shape = [10, image_size, image_size, 3] if ten_crop else [image_size, image_size, 3]
 
-  def _map(record):
+  def _decode(record):
     image = preprocessing.preprocess_for_eval(checked_image_bytes(record, strict, counter),
                                               image_size, num_crops=num_crops)
     image.set_shape(shape)
     return image, record["label"]
 
-  ds = source.records(input_context).map(_map, num_parallel_calls=_AUTOTUNE,
-                                          deterministic=True)
+  ds = flag_validity(source.records(input_context))
+  ds = ds.map(_decode, num_parallel_calls=_AUTOTUNE, deterministic=True)
   return _finish(ds, strict, batch_size, False, True).prefetch(_AUTOTUNE)
 
 

@@ -22,8 +22,9 @@ than 256 (m < 256) are upscaled in the same way. Non-JPEG inputs (PNG, GIF, BMP)
 and the same window is sliced out.
 
 Randomness is stateless: every random op takes a `seed` tensor of shape [2] (int32/int64), so the
-same (seed, image) gives the same augmentation; the input pipeline derives one seed per element
-from the user's `--seed`, the input-pipeline id and the element's index.
+same (seed, image) gives the same augmentation; the input pipeline derives one seed per group of
+elements from the user's `--seed`, the input-pipeline id and the group's index
+(`draw_train_augmentation` draws a whole group's crops, flips and lighting shifts at once).
 
 PCA lighting ("fancy PCA"): for each image, `shift = eigvec @ (alpha * eigval)` with
 alpha ~ N(0, alphastd²) drawn once per image, added to every pixel. The common ImageNet constants
@@ -80,30 +81,24 @@ def image_shape(image_bytes: tf.Tensor) -> tf.Tensor:
   )
 
 
-def _window_for_crop(height: tf.Tensor, width: tf.Tensor, offset_y: tf.Tensor,
-                     offset_x: tf.Tensor, crop_size: int,
+def _window_for_crop(image_shape: tf.Tensor, offset: tf.Tensor, crop_size: int,
                      fixed_size: int = FIXED_SIZE) -> tf.Tensor:
-  """The window [y, x, h, w] of an H×W image that a crop of the fixed_size² patch covers.
+  """The window [y, x, h, w] of an [H, W] image that a crop of the fixed_size² patch covers.
 
   See the module docstring: the fixed_size² centre patch of the resized image is the central
   m×m square of the original (m = min(H, W)), and one pixel of the patch is m / fixed_size
-  pixels of the original.
+  pixels of the original. `offset` is the crop's (y, x) in the patch. Computed on (y, x) pairs:
+  it runs once per training image, where every op counts.
   """
-  height = tf.cast(height, tf.float32)
-  width = tf.cast(width, tf.float32)
-  m = tf.minimum(height, width)
+  size = tf.cast(image_shape, tf.float32)
+  m = tf.reduce_min(size)
   scale = m / float(fixed_size)
-  y0 = tf.floor((height - m) / 2.0)
-  x0 = tf.floor((width - m) / 2.0)
+  corner = tf.floor((size - m) / 2.0)
   side = tf.maximum(tf.round(crop_size * scale), 1.0)
-  y = y0 + tf.round(tf.cast(offset_y, tf.float32) * scale)
-  x = x0 + tf.round(tf.cast(offset_x, tf.float32) * scale)
-  # Keep the window inside the central square (rounding could push it out by a pixel).
-  y = tf.minimum(y, y0 + m - side)
-  x = tf.minimum(x, x0 + m - side)
-  y = tf.maximum(y, 0.0)
-  x = tf.maximum(x, 0.0)
-  return tf.cast(tf.stack([y, x, side, side]), tf.int32)
+  # Inside the central square: rounding could push the window out by a pixel.
+  origin = tf.clip_by_value(corner + tf.round(tf.cast(offset, tf.float32) * scale), 0.0,
+                            corner + m - side)
+  return tf.cast(tf.concat([origin, tf.stack([side, side])], 0), tf.int32)
 
 
 def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
@@ -134,24 +129,24 @@ def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
     offset = (c, c)
   offset = tf.convert_to_tensor(offset)
 
-  def _jpeg() -> tf.Tensor:
-    shape = tf.image.extract_jpeg_shape(image_bytes)
-    window = _window_for_crop(shape[0], shape[1], offset[0], offset[1], crop_size, fixed_size)
-    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  # Each branch also returns the window's [h, w], so the resize need not measure the image.
+  def _jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+    shape = tf.image.extract_jpeg_shape(image_bytes)[:2]
+    window = _window_for_crop(shape, offset, crop_size, fixed_size)
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), window[2:]
 
-  def _other() -> tf.Tensor:
+  def _other() -> tuple[tf.Tensor, tf.Tensor]:
     image = decode_rgb(image_bytes)
-    shape = tf.shape(image)
-    window = _window_for_crop(shape[0], shape[1], offset[0], offset[1], crop_size, fixed_size)
-    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+    window = _window_for_crop(tf.shape(image)[:2], offset, crop_size, fixed_size)
+    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]], window[2:]
 
-  image = tf.cond(tf.io.is_jpeg(image_bytes), _jpeg, _other)
+  image, window_size = tf.cond(tf.io.is_jpeg(image_bytes), _jpeg, _other)
   image.set_shape([None, None, 3])
-  return _resize_to(image, crop_size, crop_size, dtype)
+  return _resize_to(image, crop_size, crop_size, dtype, image_size=window_size)
 
 
 def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor,
-               dtype: tf.DType = tf.float32) -> tf.Tensor:
+               dtype: tf.DType = tf.float32, image_size: tf.Tensor | None = None) -> tf.Tensor:
   """Bilinear resize to `dtype` (0..255 values); antialiased only when shrinking by more than 2×.
 
   Plain bilinear interpolation reads every source pixel when shrinking by less than 2× (the
@@ -159,20 +154,22 @@ def _resize_to(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor
   antialiasing kernel costs ~3× a JPEG decode there. Beyond 2× it would skip pixels, so the
   antialiased kernel is used. Sizes that already match are only cast: even an identity resize
   costs more than decoding a small JPEG (e.g. a 227 crop of a 256-pixel TFRecord image).
-  For uint8 output, resized values are rounded.
+  For uint8 output, resized values are rounded. `image_size`: the image's [H, W] when the
+  caller knows it already.
   """
-  shape = tf.shape(image)
+  shape = tf.shape(image)[:2] if image_size is None else image_size
   size = tf.stack([height, width])
-  same = tf.reduce_all(tf.equal(shape[:2], size))
-  large_shrink = tf.reduce_any(shape[:2] > 2 * size)
 
   def _resize(antialias: bool) -> tf.Tensor:
     out = tf.clip_by_value(
         tf.image.resize(image, size, method="bilinear", antialias=antialias), 0.0, 255.0)
     return tf.cast(tf.round(out), dtype) if dtype == tf.uint8 else tf.cast(out, dtype)
 
-  resized = tf.cond(same, lambda: tf.cast(image, dtype),
-                    lambda: tf.cond(large_shrink, lambda: _resize(True), lambda: _resize(False)))
+  # One three-way branch: 0 sizes match, 1 plain bilinear, 2 shrinking by more than 2×.
+  kind = tf.where(tf.reduce_all(tf.equal(shape, size)), 0,
+                  tf.where(tf.reduce_any(shape > 2 * size), 2, 1))
+  resized = tf.switch_case(kind, [lambda: tf.cast(image, dtype), lambda: _resize(False),
+                                  lambda: _resize(True)])
   static = [d if isinstance(d, int) else None for d in (height, width)]
   resized.set_shape(static + [image.shape[-1]])
   return resized
@@ -257,13 +254,6 @@ def random_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
   return out
 
 
-def random_crop_offset(seed: tf.Tensor, crop_size: int,
-                       fixed_size: int = FIXED_SIZE) -> tf.Tensor:
-  """A random (y, x) offset, each uniform in [0, fixed_size − crop_size], stateless in seed."""
-  return tf.random.stateless_uniform([2], seed=seed, minval=0,
-                                     maxval=fixed_size - crop_size + 1, dtype=tf.int32)
-
-
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Mirrors [H, W, C] left-right with probability 1/2, stateless in `seed` ([2] ints)."""
   return tf.image.stateless_random_flip_left_right(image, seed=seed)
@@ -272,6 +262,12 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def _unit_eigval(eigval: tf.Tensor) -> tf.Tensor:
   """Eigenvalues on the [0, 1] pixel scale; 0..255-scale ones (any value > 1) are divided by 255²."""
   return tf.where(tf.reduce_max(eigval) > 1.0, eigval / (255.0 * 255.0), eigval)
+
+
+def _eigen_pairs(eigval, eigvec) -> tuple[tf.Tensor, tf.Tensor]:
+  eigval = tf.constant(IMAGENET_EIGVAL if eigval is None else eigval, tf.float32)
+  eigvec = tf.constant(IMAGENET_EIGVEC if eigvec is None else eigvec, tf.float32)
+  return _unit_eigval(tf.reshape(eigval, [3])), tf.reshape(eigvec, [3, 3])
 
 
 def lighting_shift(seed: tf.Tensor | None = None, alphastd: float = 0.1,
@@ -283,15 +279,59 @@ def lighting_shift(seed: tf.Tensor | None = None, alphastd: float = 0.1,
   alpha ~ N(0, alphastd²) (3 values). See `pca_lighting` for the arguments; `apply_lighting`
   adds the shift to the image.
   """
-  eigval = tf.constant(IMAGENET_EIGVAL if eigval is None else eigval, tf.float32)
-  eigvec = tf.constant(IMAGENET_EIGVEC if eigvec is None else eigvec, tf.float32)
-  eigval = tf.reshape(eigval, [3])
-  eigvec = tf.reshape(eigvec, [3, 3])
+  eigval, eigvec = _eigen_pairs(eigval, eigvec)
   if seed is None:
     alpha = tf.random.normal([3], stddev=alphastd)
   else:
     alpha = tf.random.stateless_normal([3], seed=seed, stddev=alphastd)
-  return 255.0 * tf.linalg.matvec(eigvec, alpha * _unit_eigval(eigval))
+  return 255.0 * tf.linalg.matvec(eigvec, alpha * eigval)
+
+
+def draw_train_augmentation(seed: tf.Tensor, count: int | tf.Tensor, image_size: int = 227, *,
+                            crop: bool = True, flip: bool = True, lighting: bool = True,
+                            alphastd: float = 0.1, eigval=None, eigvec=None
+                            ) -> dict[str, tf.Tensor]:
+  """The random part of the training augmentation, drawn for `count` images at once.
+
+  Returns {"offset": int32 [count, 2], the crop's (y, x) in the 256×256 patch (the centre when
+  `crop` is False); "flip": bool [count] (all False when `flip` is False); "shift": float32
+  [count, 3], the PCA lighting shifts (zeros when `lighting` is False)}. `decode_for_train` and
+  `apply_lighting` apply them. Drawing a group at once costs a few ops per group instead of a
+  dozen per image, which is a visible share of a small image's decode. Stateless in `seed`
+  ([2] ints); see `lighting_shift` for alphastd, eigval and eigvec.
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+  room = FIXED_SIZE - image_size
+  if crop:
+    offset = tf.random.stateless_uniform([count, 2], seeds[0], minval=0, maxval=room + 1,
+                                         dtype=tf.int32)
+  else:
+    offset = tf.fill([count, 2], room // 2)
+  if flip:
+    flips = tf.random.stateless_uniform([count], seeds[1]) < 0.5
+  else:
+    flips = tf.zeros([count], tf.bool)
+  if lighting:
+    eigval, eigvec = _eigen_pairs(eigval, eigvec)
+    alpha = tf.random.stateless_normal([count, 3], seeds[2], stddev=alphastd)
+    shift = 255.0 * tf.linalg.matvec(eigvec, alpha * eigval)
+  else:
+    shift = tf.zeros([count, 3], tf.float32)
+  return {"offset": offset, "flip": flips, "shift": shift}
+
+
+def decode_for_train(image_bytes: tf.Tensor, offset: tf.Tensor, flip: tf.Tensor,
+                     image_size: int = 227) -> tf.Tensor:
+  """One training image from its draws: uint8 [image_size, image_size, 3].
+
+  The fused decode + fixed resolution + crop at `offset` ((y, x) in the 256×256 patch; see
+  `decode_crop_and_resize`), kept in uint8 (a resized window is rounded to whole values, which
+  JPEG pixels are anyway), mirrored left-right when `flip` (scalar bool).
+  """
+  image = decode_crop_and_resize(image_bytes, image_size, offset, dtype=tf.uint8)
+  image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+  image.set_shape([image_size, image_size, 3])
+  return image
 
 
 def add_per_channel(images: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
@@ -355,27 +395,19 @@ def augment_for_train(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int =
                       crop: bool = True, flip: bool = True, lighting: bool = True,
                       alphastd: float = 0.1, eigval=None, eigvec=None
                       ) -> tuple[tf.Tensor, tf.Tensor]:
-  """The training pipeline's per-image work: (uint8 [size, size, 3] image, float32 [3] shift).
+  """One image's training augmentation: (uint8 [size, size, 3] image, float32 [3] shift).
 
   Fused decode + fixed resolution + random crop (centre crop when `crop` is False) + random
-  horizontal flip (`flip`), kept in uint8 (a resized window is rounded to whole values, which
-  JPEG pixels are anyway), and the image's PCA lighting shift (`lighting`; zeros when off).
-  `apply_lighting(image, shift)` finishes the image; `preprocess_for_train` does both. Keeping
-  the float work out of the per-image path lets the input pipeline batch 4× less data and leave
-  the lighting to the training step (see `input_pipeline.build_train_dataset`).
-  Stateless in `seed` ([2] ints): the crop, flip and lighting draws use three seeds split from it.
+  horizontal flip (`flip`), kept in uint8, and the image's PCA lighting shift (`lighting`; zeros
+  when off): `draw_train_augmentation` for one image, then `decode_for_train`.
+  `apply_lighting(image, shift)` finishes the image; `preprocess_for_train` does both. The
+  input pipeline does the same per group of images (see `input_pipeline.build_train_dataset`).
+  Stateless in `seed` ([2] ints).
   """
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-  offset = random_crop_offset(seeds[0], image_size) if crop else None
-  image = decode_crop_and_resize(image_bytes, image_size, offset, dtype=tf.uint8)
-  if flip:
-    image = random_flip(image, seeds[1])
-  image.set_shape([image_size, image_size, 3])
-  if lighting:
-    shift = lighting_shift(seeds[2], alphastd, eigval, eigvec)
-  else:
-    shift = tf.zeros([3], tf.float32)
-  return image, shift
+  draws = draw_train_augmentation(seed, 1, image_size, crop=crop, flip=flip, lighting=lighting,
+                                  alphastd=alphastd, eigval=eigval, eigvec=eigvec)
+  image = decode_for_train(image_bytes, draws["offset"][0], draws["flip"][0], image_size)
+  return image, draws["shift"][0]
 
 
 def preprocess_for_train(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int = 227, *,

@@ -159,6 +159,13 @@ def test_corrupt_files_are_skipped_and_counted(corrupt_folder):
   assert ip.corrupt_counter("train") is ip.corrupt_counter("train")
 
 
+def test_validity_check_of_a_vector_is_the_check_of_each_image(corrupt_folder):
+  blobs = [r["image"] for r in datasets.load_source("folder", "train", corrupt_folder).records()]
+  one_by_one = [bool(ip.is_valid_image(b)) for b in blobs]
+  assert one_by_one.count(False) == 4
+  assert ip.is_valid_image(tf.stack(blobs)).numpy().tolist() == one_by_one
+
+
 def test_strict_mode_names_the_file(corrupt_folder):
   src = datasets.load_source("folder", "train", corrupt_folder)
   with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt image file"):

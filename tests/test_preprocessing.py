@@ -107,12 +107,18 @@ def test_random_flip_about_half(decoded_256):
   assert 160 <= flipped <= 240, flipped
 
 
-def test_pca_lighting_covariance():
-  """The per-image shift has covariance 255² · alphastd² · V diag(λ²) Vᵀ (SPEC §1.4)."""
-  image = tf.fill([2, 2, 3], 128.0)
+@pytest.mark.parametrize("drawn", ["one_by_one", "as_a_group"])
+def test_pca_lighting_covariance(drawn):
+  """The per-image shift has covariance 255² · alphastd² · V diag(λ²) Vᵀ (SPEC §1.4), whether
+  drawn per image (`pca_lighting`) or for a group (`draw_train_augmentation`, the pipeline's)."""
   n = 3000
-  shifts = np.stack([pp.pca_lighting(image, 0.1, seed=tf.constant([3, i])).numpy()[0, 0] - 128.0
-                     for i in range(n)])
+  if drawn == "one_by_one":
+    image = tf.fill([2, 2, 3], 128.0)
+    shifts = np.stack([pp.pca_lighting(image, 0.1, seed=tf.constant([3, i])).numpy()[0, 0]
+                       - 128.0 for i in range(n)])
+  else:
+    shifts = pp.draw_train_augmentation(tf.constant([3, 0]), n, crop=False,
+                                        flip=False)["shift"].numpy()
   ev = np.array(pp.IMAGENET_EIGVAL)
   vec = np.array(pp.IMAGENET_EIGVEC)
   expected = 255.0**2 * 0.01 * vec @ np.diag(ev**2) @ vec.T
@@ -149,6 +155,35 @@ def test_add_per_channel_is_plain_broadcasting_bitwise():
   traced = tf.function(pp.add_per_channel,
                        input_signature=[tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([3])])
   np.testing.assert_array_equal(traced(batch, one).numpy(), batch + one)
+
+
+def test_draw_train_augmentation():
+  n = 4000
+  draws = pp.draw_train_augmentation(tf.constant([8, 9]), n, 227)
+  offsets, flips = draws["offset"].numpy(), draws["flip"].numpy()
+  assert offsets.shape == (n, 2) and flips.shape == (n,) and draws["shift"].shape == (n, 3)
+  # Every offset of the 256-pixel patch, uniformly; flips half of the time.
+  assert offsets.min() == 0 and offsets.max() == 256 - 227
+  assert np.bincount(offsets.ravel(), minlength=30).min() > 0.5 * 2 * n / 30
+  assert 0.45 < flips.mean() < 0.55
+  again = pp.draw_train_augmentation(tf.constant([8, 9]), n, 227)
+  np.testing.assert_array_equal(again["offset"].numpy(), offsets)
+  off = pp.draw_train_augmentation(tf.constant([8, 9]), 5, 224, crop=False, flip=False,
+                                   lighting=False)
+  np.testing.assert_array_equal(off["offset"].numpy(), np.full((5, 2), 16))
+  assert not off["flip"].numpy().any() and not off["shift"].numpy().any()
+
+
+def test_decode_for_train_crops_and_flips():
+  data = tf.constant(encode_image(smooth_image(np.random.default_rng(5), 256, 300)))
+  offset = tf.constant([3, 20])
+  plain = pp.decode_for_train(data, offset, tf.constant(False), 227).numpy()
+  mirrored = pp.decode_for_train(data, offset, tf.constant(True), 227).numpy()
+  assert plain.dtype == np.uint8 and plain.shape == (227, 227, 3)
+  np.testing.assert_array_equal(mirrored, plain[:, ::-1])
+  # Shorter side already 256: the crop is an exact window of the decoded image.
+  full = pp.decode_rgb(data).numpy()
+  np.testing.assert_array_equal(plain, full[3:230, 22 + 20:22 + 20 + 227])
 
 
 def test_preprocess_for_train_reproducible():
