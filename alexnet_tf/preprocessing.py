@@ -264,10 +264,12 @@ def _unit_eigval(eigval: tf.Tensor) -> tf.Tensor:
   return tf.where(tf.reduce_max(eigval) > 1.0, eigval / (255.0 * 255.0), eigval)
 
 
-def _eigen_pairs(eigval, eigvec) -> tuple[tf.Tensor, tf.Tensor]:
+def _shifts_from_alpha(alpha: tf.Tensor, eigval, eigvec) -> tf.Tensor:
+  """`255 · eigvec @ (alpha * eigval)` for alpha [..., 3]: PCA lighting shifts (0..255 RGB)."""
   eigval = tf.constant(IMAGENET_EIGVAL if eigval is None else eigval, tf.float32)
   eigvec = tf.constant(IMAGENET_EIGVEC if eigvec is None else eigvec, tf.float32)
-  return _unit_eigval(tf.reshape(eigval, [3])), tf.reshape(eigvec, [3, 3])
+  eigval = _unit_eigval(tf.reshape(eigval, [3]))
+  return 255.0 * tf.linalg.matvec(tf.reshape(eigvec, [3, 3]), alpha * eigval)
 
 
 def lighting_shift(seed: tf.Tensor | None = None, alphastd: float = 0.1,
@@ -279,12 +281,11 @@ def lighting_shift(seed: tf.Tensor | None = None, alphastd: float = 0.1,
   alpha ~ N(0, alphastd²) (3 values). See `pca_lighting` for the arguments; `apply_lighting`
   adds the shift to the image.
   """
-  eigval, eigvec = _eigen_pairs(eigval, eigvec)
   if seed is None:
     alpha = tf.random.normal([3], stddev=alphastd)
   else:
     alpha = tf.random.stateless_normal([3], seed=seed, stddev=alphastd)
-  return 255.0 * tf.linalg.matvec(eigvec, alpha * eigval)
+  return _shifts_from_alpha(alpha, eigval, eigvec)
 
 
 def draw_train_augmentation(seed: tf.Tensor, count: int | tf.Tensor, image_size: int = 227, *,
@@ -312,9 +313,8 @@ def draw_train_augmentation(seed: tf.Tensor, count: int | tf.Tensor, image_size:
   else:
     flips = tf.zeros([count], tf.bool)
   if lighting:
-    eigval, eigvec = _eigen_pairs(eigval, eigvec)
     alpha = tf.random.stateless_normal([count, 3], seeds[2], stddev=alphastd)
-    shift = 255.0 * tf.linalg.matvec(eigvec, alpha * eigval)
+    shift = _shifts_from_alpha(alpha, eigval, eigvec)
   else:
     shift = tf.zeros([count, 3], tf.float32)
   return {"offset": offset, "flip": flips, "shift": shift}
