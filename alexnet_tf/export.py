@@ -49,7 +49,7 @@ from typing import Any, Mapping, Sequence
 import tensorflow as tf
 import keras
 
-from alexnet_tf import preprocessing
+from alexnet_tf import layers, preprocessing
 from alexnet_tf.errors import UserError
 from alexnet_tf.model import SUPPORTED_IMAGE_SIZES
 
@@ -418,9 +418,10 @@ def export_saved_model(model: keras.Model, export_base: str, *, version: int | N
   staging = tempfile.mkdtemp(prefix=".tmp-labels-")  # Outside export_base; copied into assets/.
   try:
     saved_model_dir = os.path.join(tmp, "model")
-    _write_archive(model, saved_model_dir, staging, image_size=image_size, classes=classes,
-                   class_names=class_names, top_k=top_k, apply_softmax=apply_softmax,
-                   ten_crop=ten_crop)
+    with layers.lrn_without_xla(model):  # TF Serving GPU builds reject XLA functions.
+      _write_archive(model, saved_model_dir, staging, image_size=image_size, classes=classes,
+                     class_names=class_names, top_k=top_k, apply_softmax=apply_softmax,
+                     ten_crop=ten_crop)
     xla = xla_must_compile_functions(saved_model_dir)
     if xla:
       raise UserError(f"the exported graph has XLA-must-compile functions ({xla[0]}, ...), "

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import functools
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -18,7 +20,7 @@ import keras
 
 from alexnet_tf import preprocessing
 
-LRN_IMPLEMENTATIONS = ("primitive", "primitive_float32", "op")
+LRN_IMPLEMENTATIONS = ("fused", "primitive", "primitive_float32", "op")
 
 
 def caffe_to_paper_lrn(local_size: int = 5, alpha: float = 1e-4,
@@ -56,6 +58,66 @@ def _negative_power(t: tf.Tensor, beta: float) -> tf.Tensor:
   return tf.exp(-beta * tf.math.log(t))
 
 
+def _window_sum(t: tf.Tensor, radius: int) -> tf.Tensor:
+  """Sum over the channel window c − r..c + r of [M, C] `t` (zeros beyond the edges), as
+  shifted slices: XLA fuses them into the surrounding elementwise loop."""
+  channels = t.shape[-1]
+  padded = tf.pad(t, [[0, 0], [radius, radius]])
+  total = padded[:, :channels]
+  for i in range(1, 2 * radius + 1):
+    total += padded[:, i:i + channels]
+  return total
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_lrn(radius: int, bias: float, alpha: float, beta: float):
+  """LRN and its gradient on [M, C] tensors as two XLA-compiled functions (jit_compile).
+
+  Each compiles to about one fused loop: the forward pass reads x and writes y, the backward
+  pass reads g and x and writes ∂L/∂x, recomputing the denominator rather than storing it.
+  Both compute in float32 inside the loop, whatever the input dtype, at no extra memory
+  traffic. Cached per parameter set, so every layer with the paper's values shares them.
+  """
+
+  def denominator(x):
+    return bias + alpha * _window_sum(tf.square(x), radius)
+
+  @tf.function(jit_compile=True, autograph=False)
+  def forward(x):
+    x32 = tf.cast(x, tf.float32)
+    return tf.cast(x32 * _negative_power(denominator(x32), beta), x.dtype)
+
+  @tf.function(jit_compile=True, autograph=False)
+  def backward(g, x):
+    x32, g32 = tf.cast(x, tf.float32), tf.cast(g, tf.float32)
+    d = denominator(x32)
+    p = _negative_power(d, beta)
+    window = _window_sum(g32 * x32 * p / d, radius)
+    return tf.cast(g32 * p - (2.0 * alpha * beta) * x32 * window, x.dtype)
+
+  return forward, backward
+
+
+@contextlib.contextmanager
+def lrn_without_xla(model: keras.Model) -> Iterator[None]:
+  """Inside this context the model's "fused" LRN layers trace "primitive_float32" instead.
+
+  For graphs that must not contain XLA-compiled functions: TF Serving GPU builds reject
+  them (tensorflow/serving#2214), so `export` traces its signatures in this context. The two
+  implementations compute the same function, both in float32 whatever the input dtype.
+  """
+  changed = [layer for layer in model._flatten_layers()  # pylint: disable=protected-access
+             if isinstance(layer, LocalResponseNormalization)
+             and layer.implementation == "fused"]
+  for layer in changed:
+    layer.implementation = "primitive_float32"
+  try:
+    yield
+  finally:
+    for layer in changed:
+      layer.implementation = "fused"
+
+
 @keras.saving.register_keras_serializable(package="alexnet_tf")
 class LocalResponseNormalization(keras.layers.Layer):
   """Local response normalisation across channels (Krizhevsky et al. 2012, §3.3).
@@ -68,13 +130,15 @@ class LocalResponseNormalization(keras.layers.Layer):
   `LocalResponseNormalization.from_caffe(...)` or `caffe_to_paper_lrn` for them.
   The paper's values are the defaults: k=2, n=5, alpha=1e-4, beta=0.75.
 
-  The layer computes in float32 (the LRN op has no bfloat16 kernel and squares
-  overflow float16), except the default "primitive" implementation on bfloat16
-  inputs, which computes in bfloat16: bfloat16 has float32's range and the
-  denominator is ≥ k, so it costs a few bfloat16 roundings (≤ 2.5% relative,
-  no bias, measured) at half the memory traffic (LRN is memory-bound). It
-  returns its input dtype, so it works under `mixed_bfloat16` and
-  `mixed_float16` policies.
+  The default "fused" implementation compiles the layer and its gradient with
+  XLA into about one memory pass each (LRN is memory-bound), computing in
+  float32 inside the loop whatever the input dtype. The others: "primitive"
+  computes in float32, except on bfloat16 inputs, where it computes in
+  bfloat16 (float32's range, so the squares cannot overflow, and the
+  denominator is ≥ k: a few bfloat16 roundings, ≤ 2.5% relative, no bias,
+  measured, at half the memory traffic); "op" computes in float32 (the LRN op
+  has no bfloat16 kernel and squares overflow float16). All return their input
+  dtype, so they work under `mixed_bfloat16` and `mixed_float16` policies.
 
   Called on a list of tensors (one per tower), it normalises them as if they
   were concatenated along channels (the window crosses tower boundaries) and
@@ -87,11 +151,14 @@ class LocalResponseNormalization(keras.layers.Layer):
     alpha: scale of the sum of squares (paper convention, not divided by n).
     beta: exponent.
     size: the full window n = 2r + 1 (odd), as in the paper's text.
-    implementation: "primitive" (default) computes the window sum as a
-      banded 0/1 matrix product and the power with rsqrt, with a hand-written
-      gradient of fast ordinary kernels; "primitive_float32" is the same but
-      computes in float32 under bfloat16 too (the usual mixed-precision rule
-      for normalisation layers); "op" calls
+    implementation: "fused" (default): the forward pass and the hand-written
+      gradient below as two XLA-compiled functions, each about one fused loop
+      (the window sum as shifted slices); graphs for TF Serving trace
+      "primitive_float32" instead (`lrn_without_xla`). "primitive" computes the window
+      sum as a banded 0/1 matrix product and the power with rsqrt, with the
+      same gradient from ordinary kernels (no XLA); "primitive_float32" is the
+      same but computes in float32 under bfloat16 too (the usual
+      mixed-precision rule for normalisation layers); "op" calls
       `tf.nn.local_response_normalization`, whose gradient kernel is slow on
       CPU. All compute the same function.
     **kwargs: standard `keras.layers.Layer` arguments (name, dtype, ...).
@@ -99,7 +166,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
   def __init__(self, depth_radius: int | None = None, bias: float = 2.0,
                alpha: float = 1e-4, beta: float = 0.75, size: int | None = None,
-               implementation: str = "primitive", **kwargs: Any) -> None:
+               implementation: str = "fused", **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if depth_radius is not None and size is not None:
       raise ValueError("LocalResponseNormalization takes depth_radius or size, not both.")
@@ -172,8 +239,27 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     return lrn(x)
 
+  def _fused(self, x: tf.Tensor) -> tf.Tensor:
+    """LRN as two XLA-fused loops (`_fused_lrn`), with the same gradient as `_primitive`."""
+    channels = x.shape[-1]
+    forward, backward = _fused_lrn(self.depth_radius, self.bias, self.alpha, self.beta)
+
+    @tf.custom_gradient
+    def lrn(x):
+      shape = tf.shape(x)
+      flat = tf.reshape(x, [-1, channels])
+
+      def grad(g):
+        return tf.reshape(backward(tf.reshape(g, [-1, channels]), flat), shape)
+
+      return tf.reshape(forward(flat), shape), grad
+
+    return lrn(x)
+
   def _normalize(self, x: tf.Tensor) -> tf.Tensor:
     in_dtype = x.dtype
+    if self.implementation == "fused":
+      return self._fused(x)
     if self.implementation == "primitive" and in_dtype == tf.bfloat16:
       # bfloat16 has float32's range (the squares cannot overflow, unlike float16's), and
       # d ≥ k keeps the division well conditioned: compute natively, at half the bytes.

@@ -140,7 +140,7 @@ def AlexNet(include_top: bool = True,
             activation: str = "relu",
             lrn: str = "paper",
             lrn_scope: str = "tower",
-            lrn_implementation: str = "primitive",
+            lrn_implementation: str = "fused",
             pooling_mode: str = "overlapping",
             dropout: float = 0.5,
             initialization: str = "paper",
@@ -177,10 +177,12 @@ def AlexNet(include_top: bool = True,
       or "none" (the paper's ablation).
     lrn_scope: "tower" (paper: LRN within each tower's 48/128 channels) or
       "across_towers" (Caffe's bvlc_alexnet: LRN over all 96/256 channels).
-    lrn_implementation: "primitive" (fast, default; under a mixed_bfloat16
-      policy it computes in bfloat16), "primitive_float32" (the same, always
-      in float32) or "op" (`tf.nn.local_response_normalization`, float32);
-      all compute the same function.
+    lrn_implementation: "fused" (default: XLA-compiled forward and gradient,
+      about one memory pass each, float32 inside), "primitive" (ordinary
+      kernels, no XLA; under a mixed_bfloat16 policy it computes in bfloat16),
+      "primitive_float32" (the same, always in float32) or "op"
+      (`tf.nn.local_response_normalization`, float32); all compute the same
+      function (see `LocalResponseNormalization`).
     pooling_mode: "overlapping" (3x3 stride 2, paper) or "non_overlapping"
       (2x2 stride 2, the paper's ablation; same map sizes).
     dropout: dropout rate of fc6 and fc7 (paper 0.5); 0 disables it.

@@ -34,7 +34,7 @@ ARCHITECTURE_KEYS = ("classes", "towers", "activation", "lrn", "lrn_scope", "poo
 def default_model_config(**overrides: Any) -> dict[str, Any]:
   """The model section of config.json: `AlexNet` kwargs plus `image_size`."""
   config = dict(classes=1000, towers=2, activation="relu", lrn="paper", lrn_scope="tower",
-                lrn_implementation="primitive", pooling_mode="overlapping", dropout=0.5,
+                lrn_implementation="fused", pooling_mode="overlapping", dropout=0.5,
                 initialization="paper", mean="imagenet", input_scale=1.0, image_size=227)
   config.update(overrides)
   return config

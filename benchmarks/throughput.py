@@ -82,8 +82,9 @@ flags.DEFINE_integer("pipeline_presteps", 2, "Untimed steps after the input iter
                      "anew at each repeat (the iterator is dropped between repeats so its "
                      "background threads neither compete with other measurements nor hand the "
                      "next repeat a buffer filled while idle).")
-flags.DEFINE_bool("lrn_op", False, "Also time lrn_implementation='op' "
-                  "(tf.nn.local_response_normalization) next to the default 'primitive'.")
+flags.DEFINE_list("lrn_compare", [], "Also time these LRN implementations (of primitive, "
+                  "primitive_float32, op) in training and inference, next to the default "
+                  "'fused', with paired rate ratios.")
 flags.DEFINE_float("learning_rate", 1e-4, "Learning rate of the synthetic-input steps.")
 flags.DEFINE_integer("seed", 0, "Seed of the models and synthetic data.")
 flags.DEFINE_string("json", None, "Also write all results (every repeat) to this JSON file.")
@@ -149,7 +150,7 @@ class Trainer:
   """A model + PaperSGD + train.py's train step, built the way `training.train` builds them."""
 
   def __init__(self, precision: str, lrn: str = "paper",
-               lrn_implementation: str = "primitive") -> None:
+               lrn_implementation: str = "fused") -> None:
     import keras  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from alexnet_tf import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
@@ -295,6 +296,10 @@ def main(argv) -> None:
     if name not in SECTIONS:
       raise app.UsageError(f"--sections: unknown section {name!r}; choose from "
                            f"{','.join(SECTIONS)}")
+  for name in FLAGS.lrn_compare:
+    if name not in ("primitive", "primitive_float32", "op"):
+      raise app.UsageError(f"--lrn_compare: unknown LRN implementation {name!r}; choose from "
+                           "primitive,primitive_float32,op")
   for name, value in (("batch_size", FLAGS.batch_size), ("repeats", FLAGS.repeats),
                       ("steps", FLAGS.steps), ("matmul_size", FLAGS.matmul_size)):
     if value < 1:
@@ -323,9 +328,9 @@ def main(argv) -> None:
   for precision in precisions:
     if sections & {"train", "inference"}:
       _common.log(f"Building the {precision} model ...")
-      trainers[(precision, "paper", "primitive")] = Trainer(precision)
+      trainers[(precision, "paper", "fused")] = Trainer(precision)
   for precision in precisions:
-    trainer = trainers.get((precision, "paper", "primitive"))
+    trainer = trainers.get((precision, "paper", "fused"))
     if "train" in sections:
       benches.append(_train_bench(trainer, f"train/{precision}", "train step, synthetic input",
                                   synthetic))
@@ -342,14 +347,22 @@ def main(argv) -> None:
       benches.append(_pipeline_bench(trainer, shapes_source))
     if "lrn" in sections:
       _common.log(f"Building the {precision} model without LRN ...")
-      t_none = trainers[(precision, "none", "primitive")] = Trainer(precision, lrn="none")
+      t_none = trainers[(precision, "none", "fused")] = Trainer(precision, lrn="none")
       benches.append(_train_bench(t_none, f"train_lrn_none/{precision}",
                                   'train step, lrn="none"', synthetic))
-      if FLAGS.lrn_op:
-        t_op = trainers[(precision, "paper", "op")] = Trainer(precision,
-                                                               lrn_implementation="op")
-        benches.append(_train_bench(t_op, f"train_lrn_op/{precision}",
-                                    'train step, lrn_implementation="op"', synthetic))
+    for impl in FLAGS.lrn_compare:
+      _common.log(f"Building the {precision} model with LRN implementation {impl!r} ...")
+      other = trainers[(precision, "paper", impl)] = Trainer(precision, lrn_implementation=impl)
+      if "train" in sections:
+        benches.append(_train_bench(other, f"train_lrn_{impl}/{precision}",
+                                    f'train step, lrn_implementation="{impl}"', synthetic))
+      if "inference" in sections:
+        benches.append(Bench(
+            key=f"inference_lrn_{impl}/{precision}",
+            label=f'inference, lrn_implementation="{impl}"', precision=precision,
+            call=lambda t=other: t.infer(images), steps=FLAGS.steps,
+            items_per_step=FLAGS.batch_size,
+            flop_per_step=INFER_GFLOP_PER_IMAGE * 1e9 * FLAGS.batch_size))
 
   # Warm-up: traces every tf.function, fills caches, sizes the matmul measurement.
   for bench in benches:
@@ -430,13 +443,17 @@ def main(argv) -> None:
       derived_rows.append(["LRN share of a training step: 1 − t_none/t_lrn", precision,
                            _common.pct(_common.median(shares)), "share",
                            f"{_common.pct(min(shares))}–{_common.pct(max(shares))}", "", ""])
-    op = by_key.get(f"train_lrn_op/{precision}")
-    if train and op:
-      ratios = _paired(op, train, lambda o, p: p / o)
-      results["train_lrn_op"][precision].update(primitive_speedup=_common.median(ratios))
-      derived_rows.append(['step time lrn "op" / "primitive"', precision,
-                           _common.fmt(_common.median(ratios)), "ratio",
-                           _common.spread(ratios), "", ""])
+    for impl in FLAGS.lrn_compare:
+      for kind, label in (("train", "train step"), ("inference", "inference")):
+        default, other = by_key.get(f"{kind}/{precision}"), by_key.get(
+            f"{kind}_lrn_{impl}/{precision}")
+        if default and other:
+          ratios = _paired(default, other, lambda d, o: d / o)
+          results[f"{kind}_lrn_{impl}"][precision].update(
+              fused_speedup=_common.median(ratios), fused_speedup_values=ratios)
+          derived_rows.append([f'{label} rate, lrn "fused" / "{impl}" (paired)', precision,
+                               _common.fmt(_common.median(ratios)), "ratio",
+                               _common.spread(ratios), "", ""])
   if "train" in results and "inference" in results:
     for precision in precisions:
       t, i = by_key[f"train/{precision}"], by_key[f"inference/{precision}"]
@@ -484,7 +501,8 @@ def main(argv) -> None:
       "pipeline": results.get("pipeline", {}),
       "lrn": results.get("lrn", {}),
       "train_lrn_none": results.get("train_lrn_none", {}),
-      "train_lrn_op": results.get("train_lrn_op", {}),
+      "lrn_compare": {key: value for key, value in results.items() if "_lrn_" in key
+                      and key != "train_lrn_none"},
       "retraced_during_timing": retraced,
       "load_average_start": load_start,
       "load_average_end": load_end,

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 import keras
 
-from alexnet_tf.layers import LocalResponseNormalization, MeanSubtraction, caffe_to_paper_lrn
+from alexnet_tf.layers import (LocalResponseNormalization, MeanSubtraction, caffe_to_paper_lrn,
+                               lrn_without_xla)
 
 
 def lrn_numpy(a, n, k, alpha, beta):
@@ -26,7 +27,7 @@ def activations():
   return np.random.RandomState(0).uniform(0, 300, (2, 7, 5, 48)).astype(np.float32)
 
 
-@pytest.mark.parametrize("implementation", ["primitive", "op"])
+@pytest.mark.parametrize("implementation", ["fused", "primitive", "op"])
 def test_paper_convention(activations, implementation):
   layer = LocalResponseNormalization(implementation=implementation)
   assert (layer.depth_radius, layer.size, layer.bias, layer.alpha, layer.beta) == (2, 5, 2.0, 1e-4, 0.75)
@@ -34,7 +35,7 @@ def test_paper_convention(activations, implementation):
   np.testing.assert_allclose(layer(activations).numpy(), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["primitive", "op"])
+@pytest.mark.parametrize("implementation", ["fused", "primitive", "op"])
 @pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.6])
 def test_caffe_convention(activations, implementation, beta):
   layer = LocalResponseNormalization.from_caffe(local_size=5, alpha=1e-4, k=1.0, beta=beta,
@@ -60,13 +61,46 @@ def test_size_argument_and_mapping():
 def test_implementations_have_equal_gradients(activations):
   x = tf.constant(activations)
   grads = []
-  for impl in ("primitive", "op"):
+  for impl in ("op", "primitive", "fused"):
     layer = LocalResponseNormalization(implementation=impl)
     with tf.GradientTape() as tape:
       tape.watch(x)
       y = tf.reduce_sum(layer(x) * tf.sin(x))
     grads.append(tape.gradient(y, x).numpy())
+  for grad in grads[1:]:
+    np.testing.assert_allclose(grad, grads[0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("depth_radius", [0, 1, 3])
+def test_fused_matches_the_formula_for_other_windows(activations, depth_radius):
+  x = tf.constant(activations)
+  layers = [LocalResponseNormalization(depth_radius=depth_radius, implementation=impl)
+            for impl in ("fused", "op")]
+  expected = lrn_numpy(activations, 2 * depth_radius + 1, 2.0, 1e-4, 0.75)
+  np.testing.assert_allclose(layers[0](x).numpy(), expected, rtol=1e-5)
+  grads = []
+  for layer in layers:
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = tf.reduce_sum(layer(x) * tf.sin(x))
+    grads.append(tape.gradient(y, x).numpy())
   np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_lrn_without_xla_traces_the_primitive_path_and_restores(activations):
+  inputs = keras.Input((7, 5, 48))
+  model = keras.Model(inputs, LocalResponseNormalization()(inputs))
+  layer = model.layers[-1]
+  assert layer.implementation == "fused"
+  fn = tf.function(model)
+  with lrn_without_xla(model):
+    assert layer.implementation == "primitive_float32"
+    graph = fn.get_concrete_function(tf.TensorSpec([None, 7, 5, 48])).graph
+  assert layer.implementation == "fused"
+  library = graph.as_graph_def().library.function
+  assert not [f.signature.name for f in library if f.attr["_XlaMustCompile"].b]
+  compiled = tf.function(model).get_concrete_function(tf.TensorSpec([None, 7, 5, 48])).graph
+  assert [f for f in compiled.as_graph_def().library.function if f.attr["_XlaMustCompile"].b]
 
 
 def test_across_towers_scope(activations):
@@ -82,7 +116,8 @@ def test_across_towers_scope(activations):
 
 
 @pytest.mark.parametrize("policy,implementation", [
-    ("mixed_bfloat16", "primitive"), ("mixed_bfloat16", "primitive_float32"),
+    ("mixed_bfloat16", "fused"), ("mixed_bfloat16", "primitive"),
+    ("mixed_bfloat16", "primitive_float32"), ("mixed_float16", "fused"),
     ("mixed_float16", "primitive")])
 def test_mixed_precision(activations, policy, implementation):
   x = tf.constant(activations)
@@ -99,7 +134,7 @@ def test_mixed_precision(activations, policy, implementation):
     keras.mixed_precision.set_global_policy("float32")
   expected = lrn_numpy(activations, 5, 2.0, 1e-4, 0.75)
   y = tf.cast(y, tf.float32).numpy()
-  if implementation == "primitive_float32" or policy == "mixed_float16":
+  if implementation in ("fused", "primitive_float32") or policy == "mixed_float16":
     # Computed in float32, rounded once.
     np.testing.assert_allclose(y, expected, rtol=1e-2, atol=1e-2)
   else:  # Computed in bfloat16 (2^-8 relative rounding per op): a few roundings, no bias.
