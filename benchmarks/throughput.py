@@ -350,7 +350,7 @@ def main(argv) -> None:
       t_none = trainers[(precision, "none", "fused")] = Trainer(precision, lrn="none")
       benches.append(_train_bench(t_none, f"train_lrn_none/{precision}",
                                   'train step, lrn="none"', synthetic))
-    for impl in FLAGS.lrn_compare:
+    for impl in FLAGS.lrn_compare if sections & {"train", "inference"} else ():
       _common.log(f"Building the {precision} model with LRN implementation {impl!r} ...")
       other = trainers[(precision, "paper", impl)] = Trainer(precision, lrn_implementation=impl)
       if "train" in sections:
