@@ -87,7 +87,7 @@ def test_fused_matches_the_formula_for_other_windows(activations, depth_radius):
   np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
-def test_lrn_without_xla_traces_the_primitive_path_and_restores(activations):
+def test_lrn_without_xla_traces_the_primitive_path_and_restores():
   inputs = keras.Input((7, 5, 48))
   model = keras.Model(inputs, LocalResponseNormalization()(inputs))
   layer = model.layers[-1]
