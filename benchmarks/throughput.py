@@ -296,10 +296,12 @@ def main(argv) -> None:
     if name not in SECTIONS:
       raise app.UsageError(f"--sections: unknown section {name!r}; choose from "
                            f"{','.join(SECTIONS)}")
+  from alexnet_tf.layers import LRN_IMPLEMENTATIONS  # pylint: disable=g-import-not-at-top
+  alternatives = [name for name in LRN_IMPLEMENTATIONS if name != "fused"]
   for name in FLAGS.lrn_compare:
-    if name not in ("primitive", "primitive_float32", "op"):
+    if name not in alternatives:
       raise app.UsageError(f"--lrn_compare: unknown LRN implementation {name!r}; choose from "
-                           "primitive,primitive_float32,op")
+                           f"{','.join(alternatives)}")
   for name, value in (("batch_size", FLAGS.batch_size), ("repeats", FLAGS.repeats),
                       ("steps", FLAGS.steps), ("matmul_size", FLAGS.matmul_size)):
     if value < 1:
