@@ -263,6 +263,10 @@ def _finish(ds: tf.data.Dataset, strict: bool, batch_size: int, drop_remainder: 
   options = tf.data.Options()
   options.deterministic = deterministic
   options.experimental_optimization.map_parallelization = True
+  # Without ignore_errors() (strict mode) tf.data would fuse the decode map into the batch; TF
+  # 2.21's autotuner then ran the fused map at one call at a time, half the rate on 2 cores
+  # (benchmarks/RESULTS.md). min_parallelism below does not reach a fused map.
+  options.experimental_optimization.map_and_batch_fusion = False
   # TF 2.21's autotuner kept the decode map at one call at a time (half of a 2-core machine's
   # rate) once a map ran between the shuffle buffer and it, as the group stage does; with at
   # least one call per core it uses the machine (benchmarks/RESULTS.md).

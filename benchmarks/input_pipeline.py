@@ -17,7 +17,10 @@ which `benchmarks/throughput.py` counts in the step) on two kinds of data:
 
 each (1) with tf.data using every core (as in training) and (2) in a one-thread private
 thread pool, next to (3) the single-thread `tf.io.decode_jpeg` rate on the same encoded bytes,
-the physical limit of one core (a tf.function loop, one image after another). Reported:
+the physical limit of one core (a tf.function loop, one image after another), and (4) the
+same decode as a bare tf.data map (in-memory bytes → `decode_jpeg` → top-left crop → batch),
+all cores and one thread: what tf.data itself keeps of the limit, so "pipeline ÷ decode map"
+is the share lost to the pipeline's own work (reading, checks, crop window, flip). Reported:
 images/sec, images/sec per core, pipeline ÷ decode ratios and, given a training rate
 (--train_images_per_sec, or the `train` section of a `benchmarks/throughput.py --json` file),
 how many cores the pipeline needs to keep the training step fed.
@@ -212,6 +215,28 @@ def _pipeline(source, one_thread: bool):
   return ds
 
 
+def _decode_map(blobs, one_thread: bool):
+  """The bare tf.data reference: in-memory JPEG bytes → decode_jpeg → crop → batch.
+
+  Threading as the training pipeline's (one call per core at least; or a one-thread pool).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def _decode(blob):
+    return tf.io.decode_jpeg(blob, channels=3)[:IMAGE_SIZE, :IMAGE_SIZE], tf.constant(0)
+
+  ds = tf.data.Dataset.from_tensor_slices(blobs).repeat()
+  ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  ds = ds.batch(FLAGS.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  if one_thread:
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+  else:
+    options.autotune.min_parallelism = _common.machine_info()["usable_cores"]
+  return ds.with_options(options)
+
+
 def measure_pipeline(dataset) -> float:
   """Images/sec over whole batches: fresh iterator, warm-up, timed, iterator dropped."""
   iterator = iter(dataset)
@@ -335,9 +360,15 @@ def main(argv) -> None:
       all_cores = _pipeline(source, one_thread=False)
       measurements.append((name, "pipeline_all_cores",
                            lambda ds=all_cores: measure_pipeline(ds)))
+      decode_map = _decode_map(tensor, one_thread=False)
+      measurements.append((name, "decode_map_all_cores",
+                           lambda ds=decode_map: measure_pipeline(ds)))
       if FLAGS.single_thread:
         one = _pipeline(source, one_thread=True)
         measurements.append((name, "pipeline_one_thread", lambda ds=one: measure_pipeline(ds)))
+        decode_map_one = _decode_map(tensor, one_thread=True)
+        measurements.append((name, "decode_map_one_thread",
+                             lambda ds=decode_map_one: measure_pipeline(ds)))
 
     values: dict[tuple[str, str], list[float]] = {(d, m): [] for d, m, _ in measurements}
     for r in range(FLAGS.repeats):
@@ -354,6 +385,8 @@ def main(argv) -> None:
       "decode_jpeg_one_thread": "tf.io.decode_jpeg, 1 thread (limit of one core)",
       "pipeline_all_cores": f"training pipeline, all {cores} cores",
       "pipeline_one_thread": "training pipeline, 1-thread pool",
+      "decode_map_all_cores": f"bare decode_jpeg map in tf.data, all {cores} cores",
+      "decode_map_one_thread": "bare decode_jpeg map in tf.data, 1-thread pool",
   }
   titles = {"full_size_jpeg": "full-size JPEGs", "tfrecord_256": "256-px TFRecords"}
   results: dict[str, Any] = {}
@@ -364,11 +397,12 @@ def main(argv) -> None:
              f"{info['mean_bytes'] / 1024:.0f} KB)")
     decode = values[(data, "decode_jpeg_one_thread")]
     entry: dict[str, Any] = {}
-    for kind in ("decode_jpeg_one_thread", "pipeline_all_cores", "pipeline_one_thread"):
+    for kind in ("decode_jpeg_one_thread", "pipeline_all_cores", "pipeline_one_thread",
+                 "decode_map_all_cores", "decode_map_one_thread"):
       if (data, kind) not in values:
         continue
       v = values[(data, kind)]
-      per_core = [x / cores for x in v] if kind == "pipeline_all_cores" else v
+      per_core = [x / cores for x in v] if kind.endswith("_all_cores") else v
       over_decode = [p / d for p, d in zip(per_core, decode)]  # Paired per repeat.
       entry[kind] = {"images_per_sec": _common.median(v), "values": v,
                      "per_core": _common.median(per_core),
@@ -377,6 +411,17 @@ def main(argv) -> None:
                    _common.spread(v), _common.fmt(_common.median(per_core)),
                    _common.fmt(_common.median(over_decode))])
       title = ""
+    for threads in ("all_cores", "one_thread"):
+      if (data, f"pipeline_{threads}") not in values:
+        continue
+      over_map = [p / d for p, d in zip(values[(data, f"pipeline_{threads}")],
+                                        values[(data, f"decode_map_{threads}")])]
+      entry[f"pipeline_over_decode_map_{threads}"] = {"median": _common.median(over_map),
+                                                      "values": over_map}
+      rows.append(["", f"training pipeline ÷ bare decode map, "
+                   f"{'all cores' if threads == 'all_cores' else '1-thread pool'}",
+                   _common.fmt(_common.median(over_map)), "ratio", _common.spread(over_map),
+                   "", ""])
     pipe = entry["pipeline_all_cores"]
     entry["vs_training"] = {}
     for label, rate in train_rates.items():
