@@ -215,10 +215,11 @@ def _pipeline(source, one_thread: bool):
   return ds
 
 
-def _decode_map(blobs, one_thread: bool):
+def _decode_map(blobs, one_thread: bool, cores: int):
   """The bare tf.data reference: in-memory JPEG bytes → decode_jpeg → crop → batch.
 
-  Threading as the training pipeline's (one call per core at least; or a one-thread pool).
+  Threading as the training pipeline's: one call per core at least, in tf.data's threads or in
+  a one-thread pool.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -229,11 +230,10 @@ def _decode_map(blobs, one_thread: bool):
   ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   ds = ds.batch(FLAGS.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
+  options.autotune.min_parallelism = cores
   if one_thread:
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
-  else:
-    options.autotune.min_parallelism = _common.machine_info()["usable_cores"]
   return ds.with_options(options)
 
 
@@ -360,13 +360,13 @@ def main(argv) -> None:
       all_cores = _pipeline(source, one_thread=False)
       measurements.append((name, "pipeline_all_cores",
                            lambda ds=all_cores: measure_pipeline(ds)))
-      decode_map = _decode_map(tensor, one_thread=False)
+      decode_map = _decode_map(tensor, one_thread=False, cores=cores)
       measurements.append((name, "decode_map_all_cores",
                            lambda ds=decode_map: measure_pipeline(ds)))
       if FLAGS.single_thread:
         one = _pipeline(source, one_thread=True)
         measurements.append((name, "pipeline_one_thread", lambda ds=one: measure_pipeline(ds)))
-        decode_map_one = _decode_map(tensor, one_thread=True)
+        decode_map_one = _decode_map(tensor, one_thread=True, cores=cores)
         measurements.append((name, "decode_map_one_thread",
                              lambda ds=decode_map_one: measure_pipeline(ds)))
 

@@ -189,12 +189,16 @@ def test_decode_for_train_crops_and_flips():
 @pytest.mark.parametrize("height,width", [(375, 500), (700, 620), (120, 90)])
 def test_decode_crop_and_resize_uint8_is_the_rounded_float_result(height, width):
   # Resized windows: plain bilinear (375×500), antialiased (shrinking > 2×), upscaled (120×90).
-  # The uint8 path skips the clip; rounding alone must give the same pixels.
-  data = tf.constant(encode_image(smooth_image(np.random.default_rng(6), height, width)))
+  # The uint8 path skips the clip; rounding alone must give the same pixels, also where the
+  # image is saturated (a white and a black band).
+  image = smooth_image(np.random.default_rng(6), height, width).copy()
+  image[height // 3:height // 2] = 255
+  image[height // 2:2 * height // 3] = 0
+  data = tf.constant(encode_image(image))
   offset = tf.constant([11, 25])
   as_float = pp.decode_crop_and_resize(data, 227, offset).numpy()
   as_uint8 = pp.decode_crop_and_resize(data, 227, offset, dtype=tf.uint8).numpy()
-  assert 0.0 <= as_float.min() and as_float.max() <= 255.0
+  assert as_float.min() == 0.0 and as_float.max() == 255.0
   np.testing.assert_array_equal(as_uint8, np.round(as_float).astype(np.uint8))
 
 
