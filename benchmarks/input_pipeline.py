@@ -201,18 +201,21 @@ def _folder_jpegs(source) -> list[bytes]:
 # Measurements.
 # ----------------------------------------------------------------------------
 
-def _pipeline(source, one_thread: bool):
+def _in_one_thread(dataset):
+  """`dataset` in a one-thread private tf.data thread pool (the "1-thread pool" rows)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1
+  options.threading.max_intra_op_parallelism = 1
+  return dataset.with_options(options)
+
+
+def _pipeline(source, one_thread: bool):
   from alexnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
   # train.py's defaults and its lighting_in_step=True: uint8 batches + lighting shifts.
   ds = input_pipeline.build_train_dataset(source, FLAGS.batch_size, IMAGE_SIZE, None,
                                           seed=FLAGS.seed, lighting_in_step=True)
-  if one_thread:
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
-    ds = ds.with_options(options)
-  return ds
+  return _in_one_thread(ds) if one_thread else ds
 
 
 def _decode_map(blobs, one_thread: bool, cores: int):
@@ -230,11 +233,9 @@ def _decode_map(blobs, one_thread: bool, cores: int):
   ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   ds = ds.batch(FLAGS.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
-  options.autotune.min_parallelism = cores
-  if one_thread:
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
-  return ds.with_options(options)
+  options.autotune.min_parallelism = cores  # As build_train_dataset sets it.
+  ds = ds.with_options(options)
+  return _in_one_thread(ds) if one_thread else ds
 
 
 def measure_pipeline(dataset) -> float:
