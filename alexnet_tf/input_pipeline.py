@@ -4,22 +4,22 @@ Training (`build_train_dataset`), per input pipeline:
   source.records(input_context, shuffle=True)   # this pipeline's shard; file lists reshuffled
   → shuffle(shuffle_buffer)                      # unless the source already shuffles all records
   → repeat() → batch(CHECK_GROUP) → enumerate()  # groups of 32 records, group index g
-  → map(draw the group's crops, flips and PCA lighting shifts; validity check) → unbatch()
-  → map(skip a record that failed the check; fused decode/crop + flip, in uint8), AUTOTUNE
-    parallel
-  → ignore_errors() (non-strict: drops the records the check failed) → batch(per-replica,
-    drop_remainder)
+  → map(draw the group's crops, flips and PCA lighting shifts; validity check)
+  → interleave(per group: map(skip a record that failed the check; fused decode/crop + flip,
+    in uint8) → ignore_errors() (non-strict)), AUTOTUNE parallel groups  # `decode_groups`
+  → batch(per-replica, drop_remainder)
   → map(add the lighting shifts, to float32)    # unless lighting_in_step: the step does it
   → prefetch(AUTOTUNE)
 Evaluation (`build_eval_dataset`): records in order (every record exactly once over all
-pipelines) → validity check in groups (`flag_validity`) → map(skip a failed record; decode +
-shorter side 256 + centre crop or ten crops) → ignore_errors() (non-strict) → batch (partial
-last batch kept) → prefetch.
+pipelines) → validity check in groups (`check_in_groups`) → interleave(per group: map(skip a
+failed record; decode + shorter side 256 + centre crop or ten crops) → ignore_errors()
+(non-strict)), parallel groups, in order → batch (partial last batch kept) → prefetch.
 
 Why groups: in tf.data every op of a per-record map function costs a few microseconds, and the
 check and the random draws are a few dozen small ops; on a group of records they cost the same
 few dozen ops once. The per-record map keeps only what must see one image: the decode, the
-crop window and the flip (benchmarks/RESULTS.md has the measurements).
+crop window and the flip. Each group is then decoded by one worker, record after record, which
+saves tf.data a thread hand-off per record (benchmarks/RESULTS.md has the measurements).
 
 Use with a strategy:
 
@@ -41,14 +41,15 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
    empty files and truncated files (the common cases) without decoding. The check runs on
    groups of records (`with_validity`); a record that fails is counted in a `CorruptCounter`
    and dropped where it would be decoded (its map call raises "corrupt image file, skipped"
-   instead, which `ignore_errors()` drops and logs; `checked_image_bytes`). The counter is a
-   Python-side count incremented through a `tf.py_function` that runs only for failing records
-   (no cost for good ones; no tf.Variable, so it works the same under any distribution strategy
-   and outside strategy scopes).
+   instead, which the group's `ignore_errors()` drops and logs; `checked_image_bytes`). The
+   counter is a Python-side count incremented through a `tf.py_function` that runs only for
+   failing records (no cost for good ones; no tf.Variable, so it works the same under any
+   distribution strategy and outside strategy scopes).
    The last few skipped file names are kept (`CorruptCounter.recent_files`).
 2. A record that passes the check but still fails to decode (e.g. a broken header) is dropped
-   by `ignore_errors()` as a backstop; TF logs a warning for it, but it is not counted. Run
-   `check_source` to find those exactly (it decodes a sample fully and names the bad files).
+   on its own by the same `ignore_errors()` as a backstop (the records around it are kept); TF
+   logs a warning for it, but it is not counted. Run `check_source` to find those exactly (it
+   decodes a sample fully and names the bad files).
 3. With `strict=True` (`--strict_data`) a failing record raises instead:
    `tf.errors.InvalidArgumentError` whose message contains "corrupt image file" and the file
    name (from the check), or TF's decode error (no `ignore_errors()` in strict mode).
@@ -76,7 +77,7 @@ import dataclasses
 import os
 import random
 import threading
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -238,10 +239,33 @@ def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter) -> 
     return tf.identity(record["image"])
 
 
-def flag_validity(records: tf.data.Dataset) -> tf.data.Dataset:
-  """`records` with each record's "valid" flag (`is_valid_image`), checked in groups of
-  `CHECK_GROUP` records to cost a few ops per group rather than a few dozen per record."""
-  return records.batch(CHECK_GROUP).map(with_validity).unbatch()
+def check_in_groups(records: tf.data.Dataset) -> tf.data.Dataset:
+  """`records` in groups of `CHECK_GROUP`, each with its records' "valid" flags
+  (`with_validity`): the check costs a few ops per group rather than a few dozen per record."""
+  return records.batch(CHECK_GROUP).map(with_validity)
+
+
+def decode_groups(groups: tf.data.Dataset, decode: Callable[[dict], Any], *, strict: bool,
+                  deterministic: bool) -> tf.data.Dataset:
+  """`decode(record)` for every record of `groups` (dicts of [k] tensors), one element each.
+
+  Each group is decoded by one tf.data worker, record after record, and the workers run in
+  parallel (AUTOTUNE). Without `strict` a record whose decode raises is dropped on its own
+  (`ignore_errors()` on the group's records), the records around it are kept.
+  With `deterministic` the records come out in their input order, group after group.
+
+  Why per group: a parallel map of one record per call, with `ignore_errors()` between it and
+  the batch, hands every record from a worker thread to the batching thread and cannot be fused
+  into the batch; on 2 cores that cost 5–14% of the rate against decoding a group per worker
+  (benchmarks/RESULTS.md).
+  """
+  def _decode_group(group):
+    records = tf.data.Dataset.from_tensor_slices(group).map(decode)
+    return records if strict else records.ignore_errors(log_warning=True)
+
+  return groups.interleave(_decode_group, cycle_length=2 * _usable_cores(),
+                           block_length=CHECK_GROUP, num_parallel_calls=_AUTOTUNE,
+                           deterministic=deterministic)
 
 
 def _check_image_size(image_size: int) -> None:
@@ -255,21 +279,15 @@ def _shard(input_context) -> tuple[int, int]:
   return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
-def _finish(ds: tf.data.Dataset, strict: bool, batch_size: int, drop_remainder: bool,
+def _finish(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool,
             deterministic: bool) -> tf.data.Dataset:
-  if not strict:
-    ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   options = tf.data.Options()
   options.deterministic = deterministic
   options.experimental_optimization.map_parallelization = True
-  # Without ignore_errors() (strict mode) tf.data would fuse the decode map into the batch; TF
-  # 2.21's autotuner then ran the fused map at one call at a time, half the rate on 2 cores
-  # (benchmarks/RESULTS.md). min_parallelism below does not reach a fused map.
-  options.experimental_optimization.map_and_batch_fusion = False
-  # TF 2.21's autotuner kept the decode map at one call at a time (half of a 2-core machine's
-  # rate) once a map ran between the shuffle buffer and it, as the group stage does; with at
-  # least one call per core it uses the machine (benchmarks/RESULTS.md).
+  # TF 2.21's autotuner kept the decode at one call at a time (half of a 2-core machine's rate)
+  # once a map ran between the shuffle buffer and it, as the group stage does; with at least one
+  # call per core it uses the machine (benchmarks/RESULTS.md).
   options.autotune.min_parallelism = _usable_cores()
   return ds.with_options(options)
 
@@ -354,9 +372,9 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
                                            record["offset"], record["flip"], image_size)
     return (image, record["shift"]), record["label"]
 
-  ds = ds.batch(CHECK_GROUP).enumerate().map(_draw_and_check).unbatch()
-  ds = ds.map(_decode, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
-  ds = _finish(ds, strict, batch_size, True, deterministic)
+  ds = ds.batch(CHECK_GROUP).enumerate().map(_draw_and_check)
+  ds = decode_groups(ds, _decode, strict=strict, deterministic=deterministic)
+  ds = _finish(ds, batch_size, True, deterministic)
   if not lighting_in_step:
     ds = ds.map(_light_batch, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
   return ds.prefetch(_AUTOTUNE)
@@ -386,9 +404,9 @@ def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int =
     image.set_shape(shape)
     return image, record["label"]
 
-  ds = flag_validity(source.records(input_context))
-  ds = ds.map(_decode, num_parallel_calls=_AUTOTUNE, deterministic=True)
-  return _finish(ds, strict, batch_size, False, True).prefetch(_AUTOTUNE)
+  ds = check_in_groups(source.records(input_context))
+  ds = decode_groups(ds, _decode, strict=strict, deterministic=True)
+  return _finish(ds, batch_size, False, True).prefetch(_AUTOTUNE)
 
 
 @dataclasses.dataclass

@@ -67,9 +67,8 @@ def compute_stats(source, *, mean_image: bool = False, max_images: int | None = 
   ds = source.records()
   if max_images:
     ds = ds.take(max_images)
-  ds = input_pipeline.flag_validity(ds)
-  ds = ds.map(per_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  ds = ds.ignore_errors(log_warning=True).batch(batch_size)
+  ds = input_pipeline.decode_groups(input_pipeline.check_in_groups(ds), per_image, strict=False,
+                                    deterministic=False).batch(batch_size)
   ds = ds.map(lambda image, s, ss: (tf.reduce_sum(image, 0), tf.reduce_sum(s, 0),
                                     tf.reduce_sum(ss, 0), tf.shape(s, tf.int64)[0]))
   ds = ds.prefetch(2)
