@@ -8,8 +8,10 @@ Training (`build_train_dataset`), per input pipeline:
   → interleave(per group: map(skip a record that failed the check; fused decode/crop + flip,
     in uint8) → ignore_errors() (non-strict)), AUTOTUNE parallel groups  # `decode_groups`
   → batch(per-replica, drop_remainder)
-  → map(add the lighting shifts, to float32)    # unless lighting_in_step: the step does it
+  → map(add the lighting shifts, to float32)
   → prefetch(AUTOTUNE)
+  With finish_in_step (train.py) neither the flip nor the lighting happens in the pipeline: the
+  training step does both, on the accelerator when there is one.
 Evaluation (`build_eval_dataset`): records in order (every record exactly once over all
 pipelines) → validity check in groups (`check_in_groups`) → interleave(per group: map(skip a
 failed record; decode + shorter side 256 + centre crop or ten crops) → ignore_errors()
@@ -312,16 +314,18 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
                         alphastd: float = 0.1, deterministic: bool = False,
                         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, repeat: bool = True,
                         strict: bool = False, counter: CorruptCounter | None = None,
-                        lighting_in_step: bool = False) -> tf.data.Dataset:
+                        finish_in_step: bool = False) -> tf.data.Dataset:
   """The training pipeline: (images float32 [batch, size, size, 3] in 0..255, labels int64 [batch]).
 
-  With `lighting_in_step=True` (what train.py uses) the elements are instead
-  `((images uint8 [batch, size, size, 3], shifts float32 [batch, 3]), labels)`: the images are
-  cropped and flipped but not yet lit, and `preprocessing.apply_lighting(images, shifts)` in the
-  training step (`training.make_train_step` does it) gives the same float32 images. The float
-  work then runs in the step (on the accelerator, when there is one) and the pipeline and the
-  host-to-device copy carry 4× fewer bytes: on a CPU core the pipeline's per-image cost drops to
-  little more than the JPEG decode (benchmarks/RESULTS.md).
+  With `finish_in_step=True` (what train.py uses) the elements are instead
+  `((images uint8 [batch, size, size, 3], flips bool [batch], shifts float32 [batch, 3]),
+  labels)`: the images are cropped but neither mirrored nor lit, and
+  `preprocessing.flip_and_light(images, flips, shifts)` in the training step
+  (`training.make_train_step` does it) gives the same float32 images. That work then runs in
+  the step (on the accelerator, when there is one) and the pipeline and the host-to-device copy
+  carry 4× fewer bytes: on a CPU core the pipeline's per-image cost drops to little more than
+  the JPEG decode (benchmarks/RESULTS.md). Without it, the pipeline mirrors each image where it
+  decodes it (cheapest on a CPU) and lights the batch.
 
   Args:
     source: from `alexnet_tf.datasets.load_source(..., "train")`.
@@ -343,7 +347,8 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
       gives exactly one pass.
     strict: raise on a corrupt record instead of skipping it (--strict_data).
     counter: where skipped records are counted; default `corrupt_counter("train")`.
-    lighting_in_step: leave the images uint8 and return the lighting shifts (above).
+    finish_in_step: leave the images uint8, unmirrored and unlit, and return the flips and the
+      lighting shifts (above).
   """
   _check_image_size(image_size)
   if batch_size < 1:
@@ -369,13 +374,17 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
 
   def _decode(record):
     image = preprocessing.decode_for_train(checked_image_bytes(record, strict, counter),
-                                           record["offset"], record["flip"], image_size)
+                                           record["offset"],
+                                           None if finish_in_step else record["flip"],
+                                           image_size)
+    if finish_in_step:
+      return (image, record["flip"], record["shift"]), record["label"]
     return (image, record["shift"]), record["label"]
 
   ds = ds.batch(CHECK_GROUP).enumerate().map(_draw_and_check)
   ds = decode_groups(ds, _decode, strict=strict, deterministic=deterministic)
   ds = _finish(ds, batch_size, True, deterministic)
-  if not lighting_in_step:
+  if not finish_in_step:
     ds = ds.map(_light_batch, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
   return ds.prefetch(_AUTOTUNE)
 

@@ -316,7 +316,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
           random_flip=config.random_flip, pca_lighting=config.pca_lighting,
           eigval=stats.get("eigenvalues"), eigvec=stats.get("eigenvectors"),
           deterministic=config.deterministic, strict=config.strict_data,
-          lighting_in_step=True)
+          finish_in_step=True)
       per_pipeline = skip_batches * (replicas // max(ctx.num_input_pipelines, 1))
       return ds.skip(per_pipeline) if per_pipeline else ds
 
@@ -503,12 +503,12 @@ def make_train_step(strategy, model, optimizer, metrics: StepMetrics, global_bat
   Returns:
     `train_step(iterator, lr)` → (loss, number of replicas whose gradients hold a NaN/Inf),
     both summed over replicas; it draws one batch from the distributed `iterator`: (images,
-    labels), or ((uint8 images, lighting shifts), labels) from `build_train_dataset(...,
-    lighting_in_step=True)`, whose lighting the step adds first.
+    labels), or ((uint8 images, flips, lighting shifts), labels) from `build_train_dataset(...,
+    finish_in_step=True)`, whose flips and lighting the step applies first.
   """
 
   def step_fn(inputs, labels, lr):
-    images = preprocessing.apply_lighting(*inputs) if isinstance(inputs, tuple) else inputs
+    images = preprocessing.flip_and_light(*inputs) if isinstance(inputs, tuple) else inputs
     with tf.GradientTape() as tape:
       logits = tf.cast(model(images, training=True), tf.float32)
       per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(

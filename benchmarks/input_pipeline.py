@@ -5,9 +5,9 @@ r"""Training input pipeline throughput per CPU core, against the single-thread J
 
 Measures, in ONE run (SPEC §3: compare ratios taken in the same run), the images/sec of
 train.py's training pipeline (`alexnet_tf.input_pipeline.build_train_dataset(...,
-lighting_in_step=True)`: validity check, fused decode + crop, resize, flip, PCA lighting shift,
-uint8 batch; all augmentation on; train.py's training step adds the lighting shifts to the batch,
-which `benchmarks/throughput.py` counts in the step) on two kinds of data:
+finish_in_step=True)`: validity check, fused decode + crop, resize, random flips and PCA lighting
+shifts drawn, uint8 batch; all augmentation on; train.py's training step mirrors the batch's
+flipped images and adds the lighting shifts, which `benchmarks/throughput.py` counts in the step) on two kinds of data:
 
   (a) full-size JPEGs: --num_images synthetic photo-like images of about 500×375 (smooth
       colour fields, texture, blurred objects, grain; ~100 KB each at JPEG quality 90, 4:2:0),
@@ -212,9 +212,9 @@ def _in_one_thread(dataset):
 
 def _pipeline(source, one_thread: bool):
   from alexnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
-  # train.py's defaults and its lighting_in_step=True: uint8 batches + lighting shifts.
+  # train.py's defaults and its finish_in_step=True: uint8 batches + flips + lighting shifts.
   ds = input_pipeline.build_train_dataset(source, FLAGS.batch_size, IMAGE_SIZE, None,
-                                          seed=FLAGS.seed, lighting_in_step=True)
+                                          seed=FLAGS.seed, finish_in_step=True)
   return _in_one_thread(ds) if one_thread else ds
 
 

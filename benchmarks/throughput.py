@@ -263,7 +263,7 @@ def _pipeline_bench(trainer: Trainer, source) -> Bench:
     # As training.train's make_train_dataset with train.py's defaults (augmentation on).
     return input_pipeline.build_train_dataset(
         source, batch, IMAGE_SIZE, ctx, seed=FLAGS.seed, random_crop=True, random_flip=True,
-        pca_lighting=True, deterministic=False, strict=False, lighting_in_step=True)
+        pca_lighting=True, deterministic=False, strict=False, finish_in_step=True)
 
   dataset = strategy.distribute_datasets_from_function(dataset_fn)
   state: dict[str, Any] = {"iterator": None}

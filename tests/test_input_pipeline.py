@@ -44,20 +44,23 @@ def test_train_shapes_and_dtypes(train_source, size):
   assert sum(1 for _ in ds.take(5)) == 5
 
 
-def test_lighting_in_step_gives_the_same_images(train_source):
-  """uint8 images + shifts, finished by apply_lighting, equal the float32 pipeline's images."""
+def test_finish_in_step_gives_the_same_images(train_source):
+  """uint8 images + flips + shifts, finished by flip_and_light, equal the float32 pipeline's."""
   kw = dict(seed=5, deterministic=True)
-  ds = ip.build_train_dataset(train_source, 8, lighting_in_step=True, **kw)
+  ds = ip.build_train_dataset(train_source, 8, finish_in_step=True, **kw)
   assert ds.element_spec == ((tf.TensorSpec([8, 227, 227, 3], tf.uint8),
-                              tf.TensorSpec([8, 3], tf.float32)), tf.TensorSpec([8], tf.int64))
-  (images, shifts), labels = next(iter(ds))
+                              tf.TensorSpec([8], tf.bool), tf.TensorSpec([8, 3], tf.float32)),
+                             tf.TensorSpec([8], tf.int64))
+  (images, flips, shifts), labels = next(iter(ds))
   float_images, float_labels = next(iter(ip.build_train_dataset(train_source, 8, **kw)))
-  np.testing.assert_array_equal(pp.apply_lighting(images, shifts).numpy(), float_images.numpy())
+  np.testing.assert_array_equal(pp.flip_and_light(images, flips, shifts).numpy(),
+                                float_images.numpy())
   np.testing.assert_array_equal(labels.numpy(), float_labels.numpy())
+  assert 0 < int(tf.reduce_sum(tf.cast(flips, tf.int32))) < 8  # Seed 5 flips some, not all.
   assert len({tuple(s) for s in shifts.numpy()}) == 8  # One shift per image.
-  (_, unlit), _ = next(iter(ip.build_train_dataset(train_source, 8, lighting_in_step=True,
-                                                   pca_lighting=False, **kw)))
-  assert not unlit.numpy().any()
+  (_, unflipped, unlit), _ = next(iter(ip.build_train_dataset(
+      train_source, 8, finish_in_step=True, pca_lighting=False, random_flip=False, **kw)))
+  assert not unlit.numpy().any() and not unflipped.numpy().any()
 
 
 def test_train_one_pass_drops_remainder(train_source):

@@ -184,6 +184,21 @@ def test_decode_for_train_crops_and_flips():
   # Shorter side already 256: the crop is an exact window of the decoded image.
   full = pp.decode_rgb(data).numpy()
   np.testing.assert_array_equal(plain, full[3:230, 22 + 20:22 + 20 + 227])
+  np.testing.assert_array_equal(pp.decode_for_train(data, offset, image_size=227).numpy(), plain)
+
+
+def test_flip_and_light_mirrors_the_flagged_images_of_a_batch():
+  images = np.random.default_rng(7).integers(0, 256, (3, 5, 4, 3)).astype(np.uint8)
+  flips = tf.constant([True, False, True])
+  shifts = tf.constant([[1.5, -2.0, 0.0], [0.0, 0.0, 0.0], [-300.0, 4.0, 300.0]])
+  out = pp.flip_and_light(images, flips, shifts)
+  assert out.dtype == tf.float32 and out.shape == (3, 5, 4, 3)
+  for i, flip in enumerate([True, False, True]):
+    expected = pp.apply_lighting(images[i, :, ::-1] if flip else images[i], shifts[i])
+    np.testing.assert_array_equal(out[i].numpy(), expected.numpy())
+  # One image, as the single-image functions take it.
+  np.testing.assert_array_equal(pp.flip_and_light(images[0], True, shifts[0]).numpy(),
+                                out[0].numpy())
 
 
 @pytest.mark.parametrize("height,width", [(375, 500), (700, 620), (120, 90)])
