@@ -258,7 +258,7 @@ def decode_groups(groups: tf.data.Dataset, decode: Callable[[dict], Any], *, str
 
   Why per group: a parallel map of one record per call, with `ignore_errors()` between it and
   the batch, hands every record from a worker thread to the batching thread and cannot be fused
-  into the batch; on 2 cores that cost 5–14% of the rate against decoding a group per worker
+  into the batch; on 2 cores that cost 6–14% of the rate against decoding a group per worker
   (benchmarks/RESULTS.md).
   """
   def _decode_group(group):
