@@ -7,7 +7,8 @@ Measures, in ONE run (SPEC §3: compare ratios taken in the same run), the image
 train.py's training pipeline (`alexnet_tf.input_pipeline.build_train_dataset(...,
 finish_in_step=True)`: validity check, fused decode + crop, resize, random flips and PCA lighting
 shifts drawn, uint8 batch; all augmentation on; train.py's training step mirrors the batch's
-flipped images and adds the lighting shifts, which `benchmarks/throughput.py` counts in the step) on two kinds of data:
+flipped images and adds the lighting shifts, which `benchmarks/throughput.py` counts in the
+step) on two kinds of data:
 
   (a) full-size JPEGs: --num_images synthetic photo-like images of about 500×375 (smooth
       colour fields, texture, blurred objects, grain; ~100 KB each at JPEG quality 90, 4:2:0),
