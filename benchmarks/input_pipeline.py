@@ -21,7 +21,7 @@ thread pool, next to (3) the single-thread `tf.io.decode_jpeg` rate on the same 
 the physical limit of one core (a tf.function loop, one image after another), and (4) the
 same decode as a bare tf.data map (in-memory bytes → `decode_jpeg` → top-left crop → batch),
 all cores and one thread: what tf.data itself keeps of the limit, so "pipeline ÷ decode map"
-is the share lost to the pipeline's own work (reading, checks, crop window, flip). Reported:
+is the share lost to the pipeline's own work (reading, checks, crop window, resize). Reported:
 images/sec, images/sec per core, pipeline ÷ decode ratios and, given a training rate
 (--train_images_per_sec, or the `train` section of a `benchmarks/throughput.py --json` file),
 how many cores the pipeline needs to keep the training step fed.
