@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from alexnet_tf import preprocessing as pp
 from conftest import encode_image, smooth_image
@@ -93,6 +96,26 @@ def test_fused_decode_matches_resize_then_crop(fmt, shape):
     assert np.abs(fused - ref).mean() < 2.0, offset
   full = pp.decode_crop_and_resize(data, 256).numpy()
   assert np.abs(full - reference.numpy()).mean() < 2.0
+
+
+@pytest.mark.parametrize("subsampling,mode", [(2, "RGB"), (1, "RGB"), (0, "RGB"), (0, "L"),
+                                              (0, "CMYK")])
+def test_jpeg_window_decode_is_tf_decode_and_crop(subsampling, mode):
+  """The window decode that starts at an MCU column gives TF's cropped decode, pixel for pixel.
+
+  4:2:0, 4:2:2 and 4:4:4 chroma, greyscale and CMYK; windows starting on, just after and just
+  before an MCU column, and one ending at the image's right edge.
+  """
+  array = np.random.default_rng(3).integers(0, 256, (120, 170, 3)).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(array).convert(mode).save(buf, "JPEG", quality=90, subsampling=subsampling)
+  data = tf.constant(buf.getvalue())
+  for window in [(0, 0, 100, 100), (5, 16, 90, 101), (7, 17, 60, 90), (1, 31, 99, 77),
+                 (3, 47, 64, 123)]:
+    expected = tf.image.decode_and_crop_jpeg(data, window, channels=3).numpy()
+    got = pp._decode_jpeg_window(data, tf.constant(window)).numpy()  # pylint: disable=protected-access
+    assert got.shape == (window[2], window[3], 3), window
+    np.testing.assert_array_equal(got, expected, err_msg=str(window))
 
 
 def test_random_flip_about_half(decoded_256):
