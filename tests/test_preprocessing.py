@@ -110,10 +110,11 @@ def test_jpeg_window_decode_is_tf_decode_and_crop(subsampling, mode):
   buf = io.BytesIO()
   Image.fromarray(array).convert(mode).save(buf, "JPEG", quality=90, subsampling=subsampling)
   data = tf.constant(buf.getvalue())
+  decode_window = pp._decode_jpeg_window  # pylint: disable=protected-access
   for window in [(0, 0, 100, 100), (5, 16, 90, 101), (7, 17, 60, 90), (1, 31, 99, 77),
                  (3, 47, 64, 123)]:
     expected = tf.image.decode_and_crop_jpeg(data, window, channels=3).numpy()
-    got = pp._decode_jpeg_window(data, tf.constant(window)).numpy()  # pylint: disable=protected-access
+    got = decode_window(data, tf.constant(window)).numpy()
     assert got.shape == (window[2], window[3], 3), window
     np.testing.assert_array_equal(got, expected, err_msg=str(window))
 
