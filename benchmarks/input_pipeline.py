@@ -32,6 +32,11 @@ Measurements are interleaved round-robin over --repeats (rotating order); each p
 measurement builds a fresh iterator, runs --warmup_seconds untimed, then times whole batches
 for --seconds, and drops the iterator (so its threads stop) before the next one. Nothing is
 asserted: the script reports.
+
+On a VM the all-cores rates also depend on where the hypervisor puts the virtual CPUs: with
+--core_probe (a compiled `benchmarks/core_to_core.c`) the core-to-core round trip is sampled
+through the run and reported next to every all-cores repeat (RESULTS.md: the full-size
+pipeline loses about a quarter of its 2-core rate while the two CPUs share no cache).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import gc
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +82,9 @@ flags.DEFINE_string("throughput_json", None, "A `benchmarks/throughput.py --json
                     "pipeline.")
 flags.DEFINE_integer("seed", 0, "Seed of the generated images and the augmentation.")
 flags.DEFINE_string("json", None, "Also write all results (every repeat) to this JSON file.")
+flags.DEFINE_string("core_probe", None, "A compiled benchmarks/core_to_core.c: samples the "
+                    "round trip between CPU 0 and CPU 1 every half second through the run and "
+                    "reports its median during every all-cores repeat (where a VM's CPUs are).")
 
 IMAGE_SIZE = 227
 CLASSES = 4
@@ -291,6 +300,39 @@ def measure_decode(decode_all, blobs, count: int) -> float:
       return images / elapsed
 
 
+# ----------------------------------------------------------------------------
+# Where the CPUs are (--core_probe).
+# ----------------------------------------------------------------------------
+
+def _start_core_probe(path: str, output) -> subprocess.Popen:
+  """Runs `core_to_core` (2 CPUs), writing "unix_time round_trip_ns" lines to `output`.
+
+  Under SCHED_FIFO (`chrt`, as root) its two threads preempt the benchmark at once; otherwise
+  a busy machine delays them and inflates the round trip.
+  """
+  command = [path, "1000000", "20000", "0.5"]
+  if os.geteuid() == 0 and shutil.which("chrt"):
+    command = ["chrt", "-f", "50"] + command
+  else:
+    _common.log("Note: --core_probe runs without chrt (not root): round trips measured while "
+                "the benchmark keeps the CPUs busy are inflated.")
+  return subprocess.Popen(command, stdout=output, stderr=subprocess.DEVNULL)
+
+
+def _round_trips(samples: list[tuple[float, float]],
+                 windows: list[tuple[float, float]]) -> list[float | None]:
+  """The median round trip (ns) sampled inside each (start, end) window (unix time)."""
+  out = []
+  for start, end in windows:
+    inside = [ns for t, ns in samples if start <= t <= end]
+    out.append(_common.median(inside) if inside else None)
+  return out
+
+
+def _nanoseconds(value: float | None) -> str:
+  return "? ns (no sample)" if value is None else f"{value:.0f} ns"
+
+
 def _training_rates() -> dict[str, float]:
   if FLAGS.train_images_per_sec:
     return {"train step (--train_images_per_sec)": float(FLAGS.train_images_per_sec)}
@@ -309,6 +351,12 @@ def main(argv) -> None:
       raise app.UsageError(f"--{name} must be positive")
   if FLAGS.num_images < CLASSES:
     raise app.UsageError(f"--num_images must be at least {CLASSES}")
+  if FLAGS.core_probe and not os.access(FLAGS.core_probe, os.X_OK):
+    raise app.UsageError(f"--core_probe: {FLAGS.core_probe} is not an executable (build it: "
+                         f"gcc -O2 -pthread -o core_to_core benchmarks/core_to_core.c)")
+  if FLAGS.core_probe and os.sched_getaffinity(0) != {0, 1}:
+    raise app.UsageError("--core_probe measures between CPU 0 and CPU 1: the benchmark must run "
+                         f"on exactly those CPUs, not {sorted(os.sched_getaffinity(0))}")
   train_rates = _training_rates()  # Fail early on a bad --throughput_json.
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -324,6 +372,8 @@ def main(argv) -> None:
 
   temporary = FLAGS.work_dir is None
   work = tempfile.mkdtemp(prefix="alexnet_tf_bench_") if temporary else FLAGS.work_dir
+  probe_output = tempfile.TemporaryFile("w+") if FLAGS.core_probe else None
+  probe = None
   try:
     photos_dir = os.path.join(work, "photos")
     records_dir = os.path.join(work, "tfrecords")
@@ -373,15 +423,31 @@ def main(argv) -> None:
                              lambda ds=decode_map_one: measure_pipeline(ds)))
 
     values: dict[tuple[str, str], list[float]] = {(d, m): [] for d, m, _ in measurements}
+    windows: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in values}
+    if probe_output:
+      probe = _start_core_probe(FLAGS.core_probe, probe_output)
     for r in range(FLAGS.repeats):
       shift = r % len(measurements)
       for data, kind, fn in measurements[shift:] + measurements[:shift]:
+        start = time.time()
         values[(data, kind)].append(fn())
+        windows[(data, kind)].append((start, time.time()))
       _common.log(f"Repeat {r + 1}/{FLAGS.repeats} done "
                   f"({time.perf_counter() - wall_start:.0f} s so far).")
   finally:
+    if probe:
+      if probe.poll() is not None:
+        _common.log(f"Note: --core_probe exited early (status {probe.returncode}).")
+      probe.terminate()
+      probe.wait()
     if temporary:
       shutil.rmtree(work, ignore_errors=True)
+  probe_samples = []
+  if probe_output:
+    probe_output.seek(0)
+    probe_samples = [tuple(map(float, line.split())) for line in probe_output
+                     if len(line.split()) == 2]
+    probe_output.close()
 
   labels = {
       "decode_jpeg_one_thread": "tf.io.decode_jpeg, 1 thread (limit of one core)",
@@ -393,6 +459,7 @@ def main(argv) -> None:
   titles = {"full_size_jpeg": "full-size JPEGs", "tfrecord_256": "256-px TFRecords"}
   results: dict[str, Any] = {}
   rows = []
+  probe_notes: list[str] = []
   for data in sources:
     info = data_info[data]
     title = (f"{titles[data]} (~{info['mean_width']:.0f}×{info['mean_height']:.0f}, "
@@ -409,6 +476,11 @@ def main(argv) -> None:
       entry[kind] = {"images_per_sec": _common.median(v), "values": v,
                      "per_core": _common.median(per_core),
                      "per_core_over_decode": _common.median(over_decode)}
+      if FLAGS.core_probe and kind.endswith("_all_cores"):
+        trips = _round_trips(probe_samples, windows[(data, kind)])
+        entry[kind]["core_round_trip_ns"] = trips
+        probe_notes.append(f"{titles[data]}, {labels[kind]}, per repeat: " + ", ".join(
+            f"{_common.fmt(x)} img/s at {_nanoseconds(ns)}" for x, ns in zip(v, trips)))
       rows.append([title, labels[kind], _common.fmt(_common.median(v)), "img/s",
                    _common.spread(v), _common.fmt(_common.median(per_core)),
                    _common.fmt(_common.median(over_decode))])
@@ -451,6 +523,11 @@ def main(argv) -> None:
   if not train_rates:
     notes.append("No training rate given (--train_images_per_sec or --throughput_json): "
                  "cores-to-feed rows omitted.")
+  if FLAGS.core_probe:
+    notes.append("Core-to-core round trip (--core_probe, median during each repeat, its "
+                 "warm-up included; ~50-60 ns where the CPUs share a cache, ~320-340 ns where "
+                 "they do not on our CI VM):")
+    notes.extend(probe_notes)
   _common.print_table("Training input pipeline (benchmarks/input_pipeline.py)", header, rows,
                       notes)
   payload = {
@@ -461,7 +538,7 @@ def main(argv) -> None:
                    "repeats": FLAGS.repeats, "batch_size": FLAGS.batch_size,
                    "image_size": IMAGE_SIZE, "num_images": FLAGS.num_images,
                    "num_shards": FLAGS.num_shards, "seed": FLAGS.seed,
-                   "train_rates": train_rates},
+                   "train_rates": train_rates, "core_probe": bool(FLAGS.core_probe)},
       "data": data_info,
       "results": results,
       "load_average_start": load_start,
