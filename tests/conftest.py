@@ -23,17 +23,20 @@ SMALL_TRAIN = 60
 SMALL_VALIDATION = 24
 
 
-def encode_image(array: np.ndarray, fmt: str = "JPEG", quality: int = 95) -> bytes:
+def encode_image(array: np.ndarray, fmt: str = "JPEG", quality: int = 95,
+                 subsampling: int = -1) -> bytes:
   """Encodes a uint8 [H, W, 3] (or [H, W]) array; fmt JPEG, PNG, CMYK (JPEG), GRAY (JPEG),
-  GRAYPNG, RGBA (PNG), PALETTE (PNG)."""
+  GRAYPNG, RGBA (PNG), PALETTE (PNG). `subsampling` (JPEG, PIL's codes): 2 = 4:2:0, 1 = 4:2:2,
+  0 = 4:4:4, -1 = PIL's default."""
   image = Image.fromarray(np.asarray(array, np.uint8))
   buf = io.BytesIO()
+  jpeg = {"quality": quality, "subsampling": subsampling}
   if fmt == "JPEG":
-    image.convert("RGB").save(buf, "JPEG", quality=quality)
+    image.convert("RGB").save(buf, "JPEG", **jpeg)
   elif fmt == "CMYK":
-    image.convert("CMYK").save(buf, "JPEG", quality=quality)
+    image.convert("CMYK").save(buf, "JPEG", **jpeg)
   elif fmt == "GRAY":
-    image.convert("L").save(buf, "JPEG", quality=quality)
+    image.convert("L").save(buf, "JPEG", **jpeg)
   elif fmt == "GRAYPNG":
     image.convert("L").save(buf, "PNG")
   elif fmt == "RGBA":
