@@ -2,8 +2,9 @@
 
 `load_source(dataset, split, data_dir, manual_dir)` returns a `DatasetSource` whose
 `records(input_context)` yields dicts {"image": tf.string (encoded JPEG/PNG/...),
-"label": tf.int64 scalar, "filename": tf.string} — the same element spec for every kind of
-source. Decoding is left to `alexnet_tf.preprocessing` (one fused decode + crop).
+"label": tf.int64 scalar, "filename": tf.string, "height", "width": tf.int64 scalars (the stored
+image size, 0 where the source does not store it: only TFRecords do)} — the same element spec
+for every kind of source. Decoding is left to `alexnet_tf.preprocessing` (one fused decode + crop).
 
 Kinds of `dataset`:
 - Any TFDS name (`imagenet2012`, `imagenette`, `tf_flowers`, ...): `data_dir` is the TFDS data
@@ -20,7 +21,8 @@ Kinds of `dataset`:
   label = index in that list. Files with other extensions are ignored.
 - `tfrecord`: `data_dir` is a directory or a glob of TFRecord files of `tf.train.Example`s with
   `image/encoded` (bytes) and `image/class/label` (int64, 0-based), optionally `image/filename`
-  (the ImageNet convention of the TF Model Garden / TF-Slim). For a directory, the files of a
+  and `image/height`, `image/width` (the ImageNet convention of the TF Model Garden / TF-Slim;
+  the training pipeline decodes 256-pixel images, by their stored size, without a resize). For a directory, the files of a
   split are DIR/<split>-* or DIR/<split>.* or DIR/<split>/* (validation: also `val`, `test`). A
   glob may contain `{split}`, which is replaced by the split name; a glob without it is used for
   any split. Class names come from an optional `labels.txt` next to the files (one name per
@@ -63,8 +65,9 @@ _AUTOTUNE = tf.data.AUTOTUNE
 _PARSE_BATCH = 64
 
 
-def _element_spec_dict(image, label, filename) -> dict:
-  return {"image": image, "label": tf.cast(label, tf.int64), "filename": filename}
+def _element_spec_dict(image, label, filename, height=0, width=0) -> dict:
+  return {"image": image, "label": tf.cast(label, tf.int64), "filename": filename,
+          "height": tf.cast(height, tf.int64), "width": tf.cast(width, tf.int64)}
 
 
 @dataclasses.dataclass
@@ -94,7 +97,11 @@ class DatasetSource:
 
   def records(self, input_context: tf.distribute.InputContext | None = None, *,
               shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
-    """Records {"image", "label", "filename"} of this input pipeline's shard.
+    """Records {"image", "label", "filename", "height", "width"} of this input pipeline's shard.
+
+    "image" is the encoded image (tf.string), "label" int64, "filename" its file name (or
+    "file:record" / the TFDS id), "height" and "width" (int64) the image size where the source
+    stores it (TFRecords with image/height and image/width), else 0.
 
     Args:
       input_context: from `distribute_datasets_from_function`; None = all records.
@@ -227,6 +234,11 @@ _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    # The stored image size (make_tfrecords and the Model Garden's converter write it); 0 when
+    # absent. The training pipeline reads it to send images already at the fixed resolution
+    # down its decode path without a resize.
+    "image/height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "image/width": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
 
 
@@ -234,7 +246,8 @@ def _parse_examples(paths: tf.Tensor, numbers: tf.Tensor, records: tf.Tensor) ->
   ex = tf.io.parse_example(records, _FEATURES)
   where = tf.strings.join([paths, tf.strings.as_string(numbers)], separator=":")
   name = tf.where(tf.strings.length(ex["image/filename"]) > 0, ex["image/filename"], where)
-  return _element_spec_dict(ex["image/encoded"], ex["image/class/label"], name)
+  return _element_spec_dict(ex["image/encoded"], ex["image/class/label"], name,
+                            ex["image/height"], ex["image/width"])
 
 
 @dataclasses.dataclass

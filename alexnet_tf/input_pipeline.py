@@ -3,11 +3,13 @@
 Training (`build_train_dataset`), per input pipeline:
   source.records(input_context, shuffle=True)   # this pipeline's shard; file lists reshuffled
   → shuffle(shuffle_buffer)                      # unless the source already shuffles all records
-  → repeat() → batch(CHECK_GROUP) → enumerate()  # groups of 32 records, group index g
-  → map(draw the group's crops, flips and PCA lighting shifts; validity check)
-  → interleave(per group: map(skip a record that failed the check; fused decode/crop + flip,
-    in uint8) → ignore_errors() (non-strict)), AUTOTUNE parallel groups  # `decode_groups`
-  → batch(per-replica, drop_remainder)
+  → repeat() → batch(group) → enumerate()      # groups of min(batch, 128) records, index g
+  → map(draw the group's crops, flips and PCA lighting shifts; validity check; split off the
+    valid JPEGs whose stored size needs no resize)                      # `split_unresized`
+  → interleave(per group: map(their window decode, no branches) + map(the others: skip a
+    record that failed the check; fused decode/crop/resize) → ignore_errors() (non-strict)
+    → one batch), AUTOTUNE parallel groups                               # `decode_batches`
+  → rebatch(per-replica, drop_remainder)
   → map(add the lighting shifts, to float32)
   → prefetch(AUTOTUNE)
   With finish_in_step (train.py) neither the flip nor the lighting happens in the pipeline: the
@@ -21,7 +23,9 @@ Why groups: in tf.data every op of a per-record map function costs a few microse
 check and the random draws are a few dozen small ops; on a group of records they cost the same
 few dozen ops once. The per-record map keeps only what must see one image: the decode, the
 crop window and the flip. Each group is then decoded by one worker, record after record, which
-saves tf.data a thread hand-off per record (benchmarks/RESULTS.md has the measurements).
+saves tf.data a thread hand-off per record; in training the worker also batches the group, and
+records already at the fixed resolution (256-pixel TFRecords) skip the per-record branches
+(benchmarks/RESULTS.md has the measurements).
 
 Use with a strategy:
 
@@ -31,10 +35,10 @@ Use with a strategy:
   dist = strategy.distribute_datasets_from_function(dataset_fn)
 
 Reproducibility: augmentation is stateless, keyed by (seed, input_pipeline_id, g, j), with g the
-index of the element's group in the repeated stream and j its place in the group, so
-replicas/workers draw different augmentations and the same seed gives the same augmentation of
-the same element. With `deterministic=True` and a seed the element order is reproducible too
-(otherwise parallel map may reorder elements).
+index of the element's group in the repeated stream and j its place in the group (before the
+split of `split_unresized`), so replicas/workers draw different augmentations and the same seed
+gives the same augmentation of the same element. With `deterministic=True` and a seed the
+element order is reproducible too (otherwise parallel map may reorder elements).
 
 Corrupt files. A corrupt, truncated or non-image record must not kill a long run:
 1. Every record first passes a cheap in-graph check (`is_valid_image`): it must be non-empty,
@@ -94,6 +98,10 @@ DEFAULT_CORRUPT_THRESHOLD = 0.5
 # Records per group for the validity check and the augmentation draws, which run on whole groups:
 # per-record ops cost as much as a small JPEG's decode in tf.data (benchmarks/RESULTS.md).
 CHECK_GROUP = 32
+# Most records per group of the training pipeline, which decodes each group into one batch in
+# one tf.data worker (`decode_batches`): the per-replica batch size, up to this. Bounds what
+# the groups in flight (2 per core) hold.
+MAX_TRAIN_GROUP = 128
 
 
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
@@ -270,6 +278,56 @@ def decode_groups(groups: tf.data.Dataset, decode: Callable[[dict], Any], *, str
                            deterministic=deterministic)
 
 
+def split_unresized(group: dict, image_size: int) -> tuple[dict, dict]:
+  """A checked group (`with_validity`) as (records whose crop needs no resize, the others).
+
+  The first are valid JPEGs whose stored size (`height`, `width`; TFRecords store it) puts the
+  crop at exactly image_size² pixels: 256-pixel images, as `make_tfrecords` writes them.
+  `preprocessing.decode_unresized_jpeg_for_train` decodes them without the per-record branches
+  of `decode_for_train`. Records with no stored size (0) are among the others. A record whose
+  stored size is not its image's fails that decode (dropped, or an error with `strict`);
+  `check_source` looks for such records before training.
+  """
+  images = group["image"]
+  unresized = tf.logical_and(group["valid"], tf.strings.substr(images, 0, 3) == b"\xff\xd8\xff")
+  if "height" in group and "width" in group:
+    unresized = tf.logical_and(unresized, preprocessing.crop_needs_no_resize(
+        group["height"], group["width"], image_size))
+  else:  # A custom source's records without a stored size.
+    unresized = tf.zeros_like(unresized)
+  others = tf.logical_not(unresized)
+  return ({k: tf.boolean_mask(v, unresized) for k, v in group.items()},
+          {k: tf.boolean_mask(v, others) for k, v in group.items()})
+
+
+def decode_batches(groups: tf.data.Dataset, decode_unresized: Callable[[dict], Any],
+                   decode: Callable[[dict], Any], *, group_size: int, strict: bool,
+                   deterministic: bool) -> tf.data.Dataset:
+  """One batch per group of `groups` ((unresized, others) pairs from `split_unresized`):
+  `decode_unresized` of the first records, then `decode` of the others.
+
+  Each group is decoded and batched by one tf.data worker, and the workers run in parallel
+  (AUTOTUNE); `Dataset.rebatch` then makes batches of the wanted size. Without `strict` a
+  record whose decode raises is dropped on its own (`ignore_errors()` on the group's records),
+  the records around it are kept. With `deterministic` the order is the groups' order, in each
+  group its unresized records first.
+
+  Why a batch per worker: the batching thread then waits for one batch per group, not for one
+  record at a time from the workers; with the unresized records' map free of branches, 3–4%
+  faster on 256-pixel TFRecords (2 cores, and one) than decoding each group record by record
+  into a shared batch (`decode_groups`; benchmarks/RESULTS.md).
+  """
+  def _decode_group(unresized, others):
+    records = tf.data.Dataset.from_tensor_slices(unresized).map(decode_unresized).concatenate(
+        tf.data.Dataset.from_tensor_slices(others).map(decode))
+    if not strict:
+      records = records.ignore_errors(log_warning=True)
+    return records.batch(group_size)
+
+  return groups.interleave(_decode_group, cycle_length=2 * _usable_cores(), block_length=1,
+                           num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+
+
 def _check_image_size(image_size: int) -> None:
   if not isinstance(image_size, (int, np.integer)) or not 0 < image_size <= 256:
     raise UserError(f"image size must be an integer in 1..256 (227 or 224), got {image_size}")
@@ -283,7 +341,10 @@ def _shard(input_context) -> tuple[int, int]:
 
 def _finish(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool,
             deterministic: bool) -> tf.data.Dataset:
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  return _with_options(ds.batch(batch_size, drop_remainder=drop_remainder), deterministic)
+
+
+def _with_options(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = deterministic
   options.experimental_optimization.map_parallelization = True
@@ -370,20 +431,28 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
         group_seed, tf.shape(group["label"])[0], image_size, crop=random_crop,
         flip=random_flip, lighting=pca_lighting, alphastd=alphastd, eigval=eigval,
         eigvec=eigvec)
-    return with_validity(dict(group, **draws))
+    return split_unresized(with_validity(dict(group, **draws)), image_size)
 
-  def _decode(record):
-    image = preprocessing.decode_for_train(checked_image_bytes(record, strict, counter),
-                                           record["offset"],
-                                           None if finish_in_step else record["flip"],
-                                           image_size)
+  def _element(record, image):
     if finish_in_step:
       return (image, record["flip"], record["shift"]), record["label"]
     return (image, record["shift"]), record["label"]
 
-  ds = ds.batch(CHECK_GROUP).enumerate().map(_draw_and_check)
-  ds = decode_groups(ds, _decode, strict=strict, deterministic=deterministic)
-  ds = _finish(ds, batch_size, True, deterministic)
+  def _decode_unresized(record):
+    return _element(record, preprocessing.decode_unresized_jpeg_for_train(
+        record["image"], record["offset"], None if finish_in_step else record["flip"],
+        image_size))
+
+  def _decode(record):
+    return _element(record, preprocessing.decode_for_train(
+        checked_image_bytes(record, strict, counter), record["offset"],
+        None if finish_in_step else record["flip"], image_size))
+
+  group_size = min(batch_size, MAX_TRAIN_GROUP)
+  ds = ds.batch(group_size).enumerate().map(_draw_and_check)
+  ds = decode_batches(ds, _decode_unresized, _decode, group_size=group_size, strict=strict,
+                      deterministic=deterministic)
+  ds = _with_options(ds.rebatch(batch_size, drop_remainder=True), deterministic)
   if not finish_in_step:
     ds = ds.map(_light_batch, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
   return ds.prefetch(_AUTOTUNE)
@@ -426,6 +495,15 @@ class SourceCheck:
   corrupt_files: list[str]
 
 
+def _check_stored_size(record: dict, shape: list[int], name: str) -> None:
+  stored = [int(record[k]) for k in ("height", "width") if k in record]
+  if len(stored) == 2 and stored != [0, 0] and stored != shape:
+    raise UserError(
+        f"record {name} stores its image size as {stored[0]}x{stored[1]} (image/height x "
+        f"image/width) but its image is {shape[0]}x{shape[1]}; rewrite the TFRecords with "
+        "python -m alexnet_tf.tools.make_tfrecords, or without those two features")
+
+
 @tf.function(reduce_retracing=True)
 def _full_decode(image_bytes):
   image = preprocessing.decode_rgb(image_bytes)
@@ -438,11 +516,14 @@ def check_source(source: DatasetSource, *, sample_size: int | None = 256,
                  seed: int = 0) -> SourceCheck:
   """Fully decodes a sample of the records (all with sample_size=None) before training.
 
-  Exact (a full decode, not only the cheap check) and names the bad files.
+  Exact (a full decode, not only the cheap check) and names the bad files. Also compares each
+  decoded size with the record's stored size, where it has one (TFRecords): the training
+  pipeline trusts it to pick a record's decode path (`split_unresized`).
 
   Raises:
-    UserError: when more than `threshold` of the sample is corrupt, or with `strict` when any
-      record of the sample is corrupt (naming it).
+    UserError: when more than `threshold` of the sample is corrupt, with `strict` when any
+      record of the sample is corrupt (naming it), or when a record's stored size is not its
+      image's (naming it).
   """
   ds = source.records(shuffle=sample_size is not None, seed=seed)
   if sample_size is not None:
@@ -451,13 +532,15 @@ def check_source(source: DatasetSource, *, sample_size: int | None = 256,
   for record in ds:
     checked += 1
     ok = bool(is_valid_image(record["image"]))
+    name = record["filename"].numpy().decode("utf-8", "replace")
     if ok:
       try:
-        _full_decode(record["image"])
+        shape = _full_decode(record["image"]).numpy()[:2].tolist()
       except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         ok = False
+      else:
+        _check_stored_size(record, shape, name)
     if not ok:
-      name = record["filename"].numpy().decode("utf-8", "replace")
       if strict:
         raise UserError(f"corrupt image file {name} (--strict_data)")
       bad.append(name)

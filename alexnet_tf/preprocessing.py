@@ -99,11 +99,27 @@ def _window_for_crop(image_shape: tf.Tensor, offset: tf.Tensor, crop_size: int,
   m = tf.reduce_min(size)
   scale = m / float(fixed_size)
   corner = tf.floor((size - m) / 2.0)
-  side = tf.maximum(tf.round(crop_size * scale), 1.0)
+  side = _window_side(m, crop_size, fixed_size)
   # Inside the central square: rounding could push the window out by a pixel.
   origin = tf.clip_by_value(corner + tf.round(tf.cast(offset, tf.float32) * scale), 0.0,
                             corner + m - side)
   return tf.cast(tf.concat([origin, tf.stack([side, side])], 0), tf.int32)
+
+
+def _window_side(shorter_side: tf.Tensor, crop_size: int, fixed_size: int = FIXED_SIZE
+                 ) -> tf.Tensor:
+  """Side (float32, whole source pixels) of the window that a crop_size crop of the
+  fixed_size² patch covers in images of that shorter side (any shape)."""
+  return tf.maximum(tf.round(crop_size * (tf.cast(shorter_side, tf.float32) / float(fixed_size))),
+                    1.0)
+
+
+def crop_needs_no_resize(height: tf.Tensor, width: tf.Tensor, crop_size: int) -> tf.Tensor:
+  """Whether the training crop of an image of this size is a window of exactly crop_size²
+  pixels (bool, elementwise): true for a shorter side of 256, the fixed resolution that
+  `make_tfrecords` stores. False where the size is unknown (0)."""
+  m = tf.minimum(height, width)
+  return tf.logical_and(m > 0, tf.equal(_window_side(m, crop_size), float(crop_size)))
 
 
 def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
@@ -360,6 +376,25 @@ def decode_for_train(image_bytes: tf.Tensor, offset: tf.Tensor, flip: tf.Tensor 
   if flip is not None:
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
   image.set_shape([image_size, image_size, 3])
+  return image
+
+
+def decode_unresized_jpeg_for_train(image_bytes: tf.Tensor, offset: tf.Tensor,
+                                    flip: tf.Tensor | None = None,
+                                    image_size: int = 227) -> tf.Tensor:
+  """`decode_for_train` for a JPEG whose crop needs no resize (`crop_needs_no_resize`): the
+  same uint8 [image_size, image_size, 3] pixels, mirrored when `flip`.
+
+  Such a JPEG's crop window is exactly image_size² pixels, so `decode_for_train` only decodes
+  it; this does the same without its branches (image format, resize or not), which the training
+  pipeline's per-record map pays for in every record (benchmarks/RESULTS.md). Raises
+  InvalidArgumentError when the window is not image_size² (a JPEG of another size) or the
+  bytes are not a JPEG.
+  """
+  window = _window_for_crop(tf.image.extract_jpeg_shape(image_bytes)[:2], offset, image_size)
+  image = tf.ensure_shape(_decode_jpeg_window(image_bytes, window), [image_size, image_size, 3])
+  if flip is not None:
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
   return image
 
 

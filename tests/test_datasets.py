@@ -14,7 +14,8 @@ from alexnet_tf.errors import UserError
 from conftest import encode_image, smooth_image
 
 SPEC = {"image": tf.TensorSpec([], tf.string), "label": tf.TensorSpec([], tf.int64),
-        "filename": tf.TensorSpec([], tf.string)}
+        "filename": tf.TensorSpec([], tf.string), "height": tf.TensorSpec([], tf.int64),
+        "width": tf.TensorSpec([], tf.int64)}
 
 
 def _all(ds):
@@ -102,6 +103,8 @@ def test_tfrecord_source(image_folder, tmp_path):
   for r in recs:
     assert r["filename"].decode().split(os.sep)[1] == "ab"[r["label"]]
     assert min(tf.image.extract_jpeg_shape(r["image"]).numpy()[:2]) <= 256
+    # The stored size (image/height, image/width) is the JPEG's.
+    assert [r["height"], r["width"]] == list(tf.image.extract_jpeg_shape(r["image"]).numpy()[:2])
   # Without metadata.json and labels.txt: counted by one pass, classes = max label + 1.
   os.remove(os.path.join(dst, "metadata.json"))
   os.remove(os.path.join(dst, "labels.txt"))

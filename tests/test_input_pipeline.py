@@ -200,6 +200,52 @@ def test_check_source(corrupt_folder, image_folder):
     ip.check_source(datasets.load_source("folder", "train", root))
 
 
+def _write_tfrecord(path, blobs, sizes):
+  with tf.io.TFRecordWriter(path) as writer:
+    for i, (blob, (height, width)) in enumerate(zip(blobs, sizes)):
+      feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[blob])),
+                 "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i])),
+                 "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[height])),
+                 "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[width]))}
+      writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString())
+
+
+def test_train_decode_paths_give_the_same_images(tmp_path):
+  """Records at the fixed resolution (stored size, branch-free decode) and all others (full-size
+  JPEG, PNG, unknown size) come out as `decode_for_train` makes them; a corrupt one is counted."""
+  rng = np.random.default_rng(8)
+  arrays = [smooth_image(rng, 256, 300), smooth_image(rng, 280, 256), smooth_image(rng, 400, 330),
+            smooth_image(rng, 256, 256), smooth_image(rng, 300, 256)]
+  blobs = [encode_image(arrays[0]), encode_image(arrays[1]), encode_image(arrays[2]),
+           encode_image(arrays[3], "PNG"), encode_image(arrays[4]), b"\xff\xd8\xffjunk"]
+  sizes = [(256, 300), (280, 256), (400, 330), (256, 256), (0, 0), (256, 256)]
+  _write_tfrecord(str(tmp_path / "train-00000-of-00001"), blobs, sizes)
+  src = datasets.load_source("tfrecord", "train", str(tmp_path))
+  group = ip.with_validity(next(iter(src.records().batch(6))))
+  unresized, others = ip.split_unresized(group, 227)
+  assert unresized["label"].numpy().tolist() == [0, 1]
+  assert others["label"].numpy().tolist() == [2, 3, 4, 5]
+  counter = ip.CorruptCounter()
+  kw = dict(seed=3, random_flip=False, pca_lighting=False, repeat=False, deterministic=True,
+            counter=counter)
+  images, labels = next(iter(ip.build_train_dataset(src, 5, **kw)))
+  assert sorted(labels.numpy().tolist()) == [0, 1, 2, 3, 4] and counter.total == 1
+  # The same crops from the centre (random_crop=False), one path or the other.
+  images, labels = next(iter(ip.build_train_dataset(src, 5, random_crop=False, **kw)))
+  for image, label in zip(images.numpy(), labels.numpy()):
+    expected = pp.decode_for_train(tf.constant(blobs[label]), tf.constant([14, 14]))
+    np.testing.assert_array_equal(image, expected.numpy().astype(np.float32), str(label))
+
+
+def test_check_source_refuses_a_wrong_stored_size(tmp_path):
+  blob = encode_image(smooth_image(np.random.default_rng(0), 256, 300))
+  _write_tfrecord(str(tmp_path / "train-00000-of-00001"), [blob, blob], [(256, 300), (300, 256)])
+  src = datasets.load_source("tfrecord", "train", str(tmp_path))
+  with pytest.raises(UserError, match=r"stores its image size as 300x256 .* image is 256x300"):
+    ip.check_source(src)
+
+
 def test_undecodable_file_with_valid_markers_does_not_kill_the_run(image_folder):
   root = image_folder(classes=("x",), per_class=2, splits=("train",))
   with open(os.path.join(root, "train", "x", "junk.png"), "wb") as f:

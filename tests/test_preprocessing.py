@@ -114,6 +114,33 @@ def test_jpeg_window_decode_is_tf_decode_and_crop(fmt, subsampling):
     np.testing.assert_array_equal(got, expected, err_msg=str(window))
 
 
+def test_unresized_jpeg_decode_is_decode_for_train():
+  """Branch-free decode of a JPEG at the fixed resolution = `decode_for_train`, pixel for pixel."""
+  rng = np.random.default_rng(4)
+  for height, width, size in [(256, 341, 227), (300, 256, 227), (256, 256, 224)]:
+    data = tf.constant(encode_image(rng.integers(0, 256, (height, width, 3)), quality=90))
+    assert bool(pp.crop_needs_no_resize(tf.constant(height), tf.constant(width), size))
+    for offset in [(0, 0), (29, 17), (13, 29), (3, 1)]:
+      offset = tf.constant([min(o, 256 - size) for o in offset])
+      for flip in (None, tf.constant(True), tf.constant(False)):
+        np.testing.assert_array_equal(
+            pp.decode_unresized_jpeg_for_train(data, offset, flip, size).numpy(),
+            pp.decode_for_train(data, offset, flip, size).numpy())
+  # Any other size needs the resize: refused, not silently wrong.
+  data = tf.constant(encode_image(rng.integers(0, 256, (257, 300, 3))))
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    pp.decode_unresized_jpeg_for_train(data, tf.constant([0, 0]))
+
+
+def test_crop_needs_no_resize():
+  heights = tf.constant([256, 256, 255, 257, 512, 0, 300], tf.int64)
+  widths = tf.constant([256, 400, 300, 300, 256, 0, 256], tf.int64)
+  assert pp.crop_needs_no_resize(heights, widths, 227).numpy().tolist() == [
+      True, True, False, False, True, False, True]
+  assert pp.crop_needs_no_resize(heights, widths, 224).numpy().tolist() == [
+      True, True, False, False, True, False, True]
+
+
 def test_random_flip_about_half(decoded_256):
   image = decoded_256[:8, :8]
   flipped = 0
