@@ -4,7 +4,8 @@
 `records(input_context)` yields dicts {"image": tf.string (encoded JPEG/PNG/...),
 "label": tf.int64 scalar, "filename": tf.string, "height", "width": tf.int64 scalars (the stored
 image size, 0 where the source does not store it: only TFRecords do)} — the same element spec
-for every kind of source. Decoding is left to `alexnet_tf.preprocessing` (one fused decode + crop).
+for every kind of source. Decoding is left to `alexnet_tf.preprocessing` (one fused decode +
+crop).
 
 Kinds of `dataset`:
 - Any TFDS name (`imagenet2012`, `imagenette`, `tf_flowers`, ...): `data_dir` is the TFDS data
@@ -22,12 +23,13 @@ Kinds of `dataset`:
 - `tfrecord`: `data_dir` is a directory or a glob of TFRecord files of `tf.train.Example`s with
   `image/encoded` (bytes) and `image/class/label` (int64, 0-based), optionally `image/filename`
   and `image/height`, `image/width` (the ImageNet convention of the TF Model Garden / TF-Slim;
-  the training pipeline decodes 256-pixel images, by their stored size, without a resize). For a directory, the files of a
-  split are DIR/<split>-* or DIR/<split>.* or DIR/<split>/* (validation: also `val`, `test`). A
-  glob may contain `{split}`, which is replaced by the split name; a glob without it is used for
-  any split. Class names come from an optional `labels.txt` next to the files (one name per
-  line, line i = label i). Record counts come from `metadata.json` next to the files (written by
-  `python -m alexnet_tf.tools.make_tfrecords`) or, without it, from one pass over the labels.
+  the training pipeline decodes 256-pixel images, by their stored size, without a resize). For
+  a directory, the files of a split are DIR/<split>-* or DIR/<split>.* or DIR/<split>/*
+  (validation: also `val`, `test`). A glob may contain `{split}`, which is replaced by the split
+  name; a glob without it is used for any split. Class names come from an optional `labels.txt`
+  next to the files (one name per line, line i = label i). Record counts come from
+  `metadata.json` next to the files (written by `python -m alexnet_tf.tools.make_tfrecords`)
+  or, without it, from one pass over the labels.
 - `shapes`: the built-in generated dataset (`alexnet_tf.shapes`); `data_dir` is its cache folder
   (default $ALEXNET_TF_CACHE/shapes or ~/.cache/alexnet_tf/shapes), generated on first use
   (3000 train / 600 validation images, 6 classes); a complete shapes dataset of another size
