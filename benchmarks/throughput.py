@@ -9,12 +9,12 @@ same run are compared), after warm-up, the median over --repeats of:
   1. ceiling    a large matrix product (--matmul_size, 4096³ by default) in float32 and
                 bfloat16, GFLOP/s: what this machine's TensorFlow can do at best;
   2. train      training-step images/sec on synthetic input (random tensors already on the
-                device, in train.py's input format: uint8 images and PCA lighting shifts, which
-                the step adds), float32 and bfloat16 (`mixed_bfloat16` policy), with the
-                package's own step (`alexnet_tf.training.make_train_step`: PaperSGD, loss,
-                metrics, one host sync per step, exactly what train.py runs), and the GFLOP/s
-                this is at 4.14 GFLOP/image (SPEC §1) as a fraction of (1) at the same
-                precision;
+                device, in train.py's input format: uint8 images, flips and PCA lighting
+                shifts, which the step applies), float32 and bfloat16 (`mixed_bfloat16`
+                policy), with the package's own step (`alexnet_tf.training.make_train_step`:
+                PaperSGD, loss, metrics, one host sync per step, exactly what train.py runs),
+                and the GFLOP/s this is at 4.14 GFLOP/image (SPEC §1) as a fraction of (1) at
+                the same precision;
   3. inference  forward-pass images/sec (training=False) and its fraction of (1) at
                 1.449 GFLOP/image;
   4. pipeline   the same training step fed by train.py's real input path (`datasets.
@@ -227,15 +227,17 @@ def _matmul_benches() -> list[Bench]:
 
 
 def _synthetic_batch():
-  """(uint8 images, lighting shifts), float32 images (the same pixels), labels; on the device."""
+  """(uint8 images, flips, lighting shifts): train.py's input format (`finish_in_step`), float32
+  images (the same pixels), labels; on the device."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with tf.device(_device()):
     pixels = tf.random.uniform([FLAGS.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3], 0, 256,
                                dtype=tf.int32, seed=FLAGS.seed)
+    flips = tf.random.uniform([FLAGS.batch_size], seed=FLAGS.seed) < 0.5
     shifts = tf.random.normal([FLAGS.batch_size, 3], stddev=5.0, seed=FLAGS.seed)
     labels = tf.random.uniform([FLAGS.batch_size], 0, NUM_CLASSES, dtype=tf.int64,
                                seed=FLAGS.seed)
-  return (tf.cast(pixels, tf.uint8), shifts), tf.cast(pixels, tf.float32), labels
+  return (tf.cast(pixels, tf.uint8), flips, shifts), tf.cast(pixels, tf.float32), labels
 
 
 def _train_bench(trainer: Trainer, key: str, label: str, iterator) -> Bench:
