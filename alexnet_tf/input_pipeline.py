@@ -288,8 +288,7 @@ def split_unresized(group: dict, image_size: int) -> tuple[dict, dict]:
   stored size is not its image's fails that decode (dropped, or an error with `strict`);
   `check_source` looks for such records before training.
   """
-  images = group["image"]
-  unresized = tf.logical_and(group["valid"], tf.strings.substr(images, 0, 3) == b"\xff\xd8\xff")
+  unresized = tf.logical_and(group["valid"], tf.io.is_jpeg(group["image"]))
   if "height" in group and "width" in group:
     unresized = tf.logical_and(unresized, preprocessing.crop_needs_no_resize(
         group["height"], group["width"], image_size))
