@@ -13,7 +13,8 @@ Training (`build_train_dataset`), per input pipeline:
   → map(add the lighting shifts, to float32)
   → prefetch(AUTOTUNE)
   With finish_in_step (train.py) neither the flip nor the lighting happens in the pipeline: the
-  training step does both, on the accelerator when there is one.
+  training step does both, on the accelerator when there is one; the unresized records' decode,
+  then free of branches, runs inline on the interleave's worker (`map_inline`).
 Evaluation (`build_eval_dataset`): records in order (every record exactly once over all
 pipelines) → validity check in groups (`check_in_groups`) → interleave(per group: map(skip a
 failed record; decode + shorter side 256 + centre crop or ten crops) → ignore_errors()
@@ -80,6 +81,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import os
 import random
 import threading
@@ -301,7 +303,7 @@ def split_unresized(group: dict, image_size: int) -> tuple[dict, dict]:
 
 def decode_batches(groups: tf.data.Dataset, decode_unresized: Callable[[dict], Any],
                    decode: Callable[[dict], Any], *, group_size: int, strict: bool,
-                   deterministic: bool) -> tf.data.Dataset:
+                   deterministic: bool, inline_unresized: bool = False) -> tf.data.Dataset:
   """One batch per group of `groups` ((unresized, others) pairs from `split_unresized`):
   `decode_unresized` of the first records, then `decode` of the others.
 
@@ -309,7 +311,8 @@ def decode_batches(groups: tf.data.Dataset, decode_unresized: Callable[[dict], A
   (AUTOTUNE); `Dataset.rebatch` then makes batches of the wanted size. Without `strict` a
   record whose decode raises is dropped on its own (`ignore_errors()` on the group's records),
   the records around it are kept. With `deterministic` the order is the groups' order, in each
-  group its unresized records first.
+  group its unresized records first. With `inline_unresized`, `decode_unresized` runs inline
+  (`map_inline`; it must have no branches).
 
   Why a batch per worker: the batching thread then waits for one batch per group, not for one
   record at a time from the workers; with the unresized records' map free of branches, 3–4%
@@ -317,14 +320,49 @@ def decode_batches(groups: tf.data.Dataset, decode_unresized: Callable[[dict], A
   into a shared batch (`decode_groups`; benchmarks/RESULTS.md).
   """
   def _decode_group(unresized, others):
-    records = tf.data.Dataset.from_tensor_slices(unresized).map(decode_unresized).concatenate(
-        tf.data.Dataset.from_tensor_slices(others).map(decode))
+    unresized = tf.data.Dataset.from_tensor_slices(unresized)
+    unresized = (map_inline(unresized, decode_unresized) if inline_unresized
+                 else unresized.map(decode_unresized))
+    records = unresized.concatenate(tf.data.Dataset.from_tensor_slices(others).map(decode))
     if not strict:
       records = records.ignore_errors(log_warning=True)
     return records.batch(group_size)
 
   return groups.interleave(_decode_group, cycle_length=2 * _usable_cores(), block_length=1,
                            num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
+
+
+def map_inline(dataset: tf.data.Dataset, fn: Callable[..., Any]) -> tf.data.Dataset:
+  """`dataset.map(fn)`, with fn's ops run one after another on the thread that asks for the
+  element, none handed to tf.data's thread pool.
+
+  `Dataset.map` runs fn's ops through the pool, handing work between threads inside every
+  call; for a JPEG window decode (a handful of small ops around one large one), running it
+  inline made the 256-pixel TFRecord pipeline 1.06–1.12× as fast on 2 cores and 1.03–1.06× on
+  one (benchmarks/RESULTS.md).
+  TF has no public switch for it: this is `_MapDataset`'s `use_inter_op_parallelism=False`, a
+  private argument, so where a TF version lacks it this is a plain `map`. fn must have no
+  tf.cond/switch_case: TF's single-threaded executor, which runs it then, refuses their lowered
+  form (FailedPreconditionError). Its work runs on the asking thread (in the training pipeline,
+  an interleave worker), outside the `threading.private_threadpool_size` pool.
+  """
+  if _MapDataset is None:
+    return dataset.map(fn)
+  return _MapDataset(dataset, fn, use_inter_op_parallelism=False)
+
+
+def _private_map_dataset():
+  """tf.data's MapDataset class, if it takes `use_inter_op_parallelism` (see `map_inline`)."""
+  try:
+    from tensorflow.python.data.ops import map_op  # pylint: disable=g-import-not-at-top
+    cls = map_op._MapDataset  # pylint: disable=protected-access
+    inspect.signature(cls).bind_partial(use_inter_op_parallelism=False)
+  except (ImportError, AttributeError, TypeError, ValueError):
+    return None
+  return cls
+
+
+_MapDataset = _private_map_dataset()
 
 
 def _check_image_size(image_size: int) -> None:
@@ -449,8 +487,9 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
 
   group_size = min(batch_size, MAX_TRAIN_GROUP)
   ds = ds.batch(group_size).enumerate().map(_draw_and_check)
+  # Inline only without the flip: its tf.cond would stop the inline map.
   ds = decode_batches(ds, _decode_unresized, _decode, group_size=group_size, strict=strict,
-                      deterministic=deterministic)
+                      deterministic=deterministic, inline_unresized=finish_in_step)
   ds = _with_options(ds.rebatch(batch_size, drop_remainder=True), deterministic)
   if not finish_in_step:
     ds = ds.map(_light_batch, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)

@@ -16,11 +16,12 @@ step) on two kinds of data:
   (b) 256-pixel TFRecords: the same images converted by `alexnet_tf.tools.make_tfrecords.convert`
       (shorter side 256, quality 95), read as `--dataset=tfrecord` reads them;
 
-each (1) with tf.data using every core (as in training) and (2) in a one-thread private
-thread pool, next to (3) the single-thread `tf.io.decode_jpeg` rate on the same encoded bytes,
+each (1) with tf.data using every core (as in training) and (2) on one core (every thread of
+the process pinned to one CPU while the pipeline is built and measured, as `taskset -c 0`
+would), next to (3) the single-thread `tf.io.decode_jpeg` rate on the same encoded bytes,
 the physical limit of one core (a tf.function loop, one image after another), and (4) the
 same decode as a bare tf.data map (in-memory bytes → `decode_jpeg` → top-left crop → batch),
-all cores and one thread: what tf.data itself keeps of the limit, so "pipeline ÷ decode map"
+all cores and one core: what tf.data itself keeps of the limit, so "pipeline ÷ decode map"
 is the share lost to the pipeline's own work (reading, checks, crop window, resize). Reported:
 images/sec, images/sec per core, pipeline ÷ decode ratios and, given a training rate
 (--train_images_per_sec, or the `train` section of a `benchmarks/throughput.py --json` file),
@@ -70,8 +71,8 @@ flags.DEFINE_integer("batch_size", 128, "Batch size of the pipelines (train.py's
                      "with one replica).")
 flags.DEFINE_integer("num_images", 200, "Synthetic full-size JPEGs to generate.")
 flags.DEFINE_integer("num_shards", 4, "TFRecord shards for the 256-pixel copy.")
-flags.DEFINE_bool("single_thread", True, "Also measure each pipeline in a one-thread private "
-                  "thread pool (tf.data threading options).")
+flags.DEFINE_bool("one_core", True, "Also measure each pipeline on one core (the process's "
+                  "threads pinned to one CPU; Linux).")
 flags.DEFINE_string("work_dir", None, "Where the JPEGs and TFRecords go; default a temporary "
                     "folder, deleted at the end. An existing work_dir with the same "
                     "--num_images is reused.")
@@ -211,28 +212,42 @@ def _folder_jpegs(source) -> list[bytes]:
 # Measurements.
 # ----------------------------------------------------------------------------
 
-def _in_one_thread(dataset):
-  """`dataset` in a one-thread private tf.data thread pool (the "1-thread pool" rows)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  options = tf.data.Options()
-  options.threading.private_threadpool_size = 1
-  options.threading.max_intra_op_parallelism = 1
-  return dataset.with_options(options)
+def _pin_threads(cpus: set[int]) -> None:
+  """Puts every thread of this process on `cpus` (threads started later inherit it)."""
+  for task in os.listdir("/proc/self/task"):
+    try:
+      os.sched_setaffinity(int(task), cpus)
+    except OSError:  # The thread has just exited.
+      pass
 
 
-def _pipeline(source, one_thread: bool):
+def on_one_core(build: Callable[[], Any]) -> float:
+  """`measure_pipeline(build())` with the whole process on one CPU (the "1 core" rows).
+
+  Pinning every thread, not limiting tf.data's thread pool, is what bounds the pipeline to one
+  core: the training pipeline decodes 256-pixel JPEGs on its interleave's own threads, outside
+  that pool (`input_pipeline.map_inline`). The pipeline is built while pinned, so it sizes
+  itself for one core, as on a one-core machine.
+  """
+  cpus = os.sched_getaffinity(0)
+  _pin_threads({min(cpus)})
+  try:
+    return measure_pipeline(build())
+  finally:
+    _pin_threads(cpus)
+
+
+def _pipeline(source):
   from alexnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
   # train.py's defaults and its finish_in_step=True: uint8 batches + flips + lighting shifts.
-  ds = input_pipeline.build_train_dataset(source, FLAGS.batch_size, IMAGE_SIZE, None,
-                                          seed=FLAGS.seed, finish_in_step=True)
-  return _in_one_thread(ds) if one_thread else ds
+  return input_pipeline.build_train_dataset(source, FLAGS.batch_size, IMAGE_SIZE, None,
+                                            seed=FLAGS.seed, finish_in_step=True)
 
 
-def _decode_map(blobs, one_thread: bool, cores: int):
+def _decode_map(blobs, cores: int):
   """The bare tf.data reference: in-memory JPEG bytes → decode_jpeg → crop → batch.
 
-  Threading as the training pipeline's: one call per core at least, in tf.data's threads or in
-  a one-thread pool.
+  Threading as the training pipeline's: one call per core at least.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -244,8 +259,7 @@ def _decode_map(blobs, one_thread: bool, cores: int):
   ds = ds.batch(FLAGS.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.autotune.min_parallelism = cores  # As build_train_dataset sets it.
-  ds = ds.with_options(options)
-  return _in_one_thread(ds) if one_thread else ds
+  return ds.with_options(options)
 
 
 def measure_pipeline(dataset) -> float:
@@ -357,6 +371,9 @@ def main(argv) -> None:
   if FLAGS.core_probe and os.sched_getaffinity(0) != {0, 1}:
     raise app.UsageError("--core_probe measures between CPU 0 and CPU 1: the benchmark must run "
                          f"on exactly those CPUs, not {sorted(os.sched_getaffinity(0))}")
+  if FLAGS.one_core and not os.path.isdir("/proc/self/task"):
+    raise app.UsageError("--one_core pins threads through Linux's /proc/self/task; on this "
+                         "system pass --noone_core")
   train_rates = _training_rates()  # Fail early on a bad --throughput_json.
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -409,18 +426,17 @@ def main(argv) -> None:
       decode_all(tensor).numpy()  # Trace + warm caches (untimed).
       measurements.append((name, "decode_jpeg_one_thread",
                            lambda t=tensor, c=count: measure_decode(decode_all, t, c)))
-      all_cores = _pipeline(source, one_thread=False)
+      all_cores = _pipeline(source)
       measurements.append((name, "pipeline_all_cores",
                            lambda ds=all_cores: measure_pipeline(ds)))
-      decode_map = _decode_map(tensor, one_thread=False, cores=cores)
+      decode_map = _decode_map(tensor, cores=cores)
       measurements.append((name, "decode_map_all_cores",
                            lambda ds=decode_map: measure_pipeline(ds)))
-      if FLAGS.single_thread:
-        one = _pipeline(source, one_thread=True)
-        measurements.append((name, "pipeline_one_thread", lambda ds=one: measure_pipeline(ds)))
-        decode_map_one = _decode_map(tensor, one_thread=True, cores=cores)
-        measurements.append((name, "decode_map_one_thread",
-                             lambda ds=decode_map_one: measure_pipeline(ds)))
+      if FLAGS.one_core:
+        measurements.append((name, "pipeline_one_core",
+                             lambda s=source: on_one_core(lambda: _pipeline(s))))
+        measurements.append((name, "decode_map_one_core",
+                             lambda t=tensor: on_one_core(lambda: _decode_map(t, cores=1))))
 
     values: dict[tuple[str, str], list[float]] = {(d, m): [] for d, m, _ in measurements}
     windows: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in values}
@@ -452,9 +468,9 @@ def main(argv) -> None:
   labels = {
       "decode_jpeg_one_thread": "tf.io.decode_jpeg, 1 thread (limit of one core)",
       "pipeline_all_cores": f"training pipeline, all {cores} cores",
-      "pipeline_one_thread": "training pipeline, 1-thread pool",
+      "pipeline_one_core": "training pipeline, 1 core",
       "decode_map_all_cores": f"bare decode_jpeg map in tf.data, all {cores} cores",
-      "decode_map_one_thread": "bare decode_jpeg map in tf.data, 1-thread pool",
+      "decode_map_one_core": "bare decode_jpeg map in tf.data, 1 core",
   }
   titles = {"full_size_jpeg": "full-size JPEGs", "tfrecord_256": "256-px TFRecords"}
   results: dict[str, Any] = {}
@@ -466,8 +482,8 @@ def main(argv) -> None:
              f"{info['mean_bytes'] / 1024:.0f} KB)")
     decode = values[(data, "decode_jpeg_one_thread")]
     entry: dict[str, Any] = {}
-    for kind in ("decode_jpeg_one_thread", "pipeline_all_cores", "pipeline_one_thread",
-                 "decode_map_all_cores", "decode_map_one_thread"):
+    for kind in ("decode_jpeg_one_thread", "pipeline_all_cores", "pipeline_one_core",
+                 "decode_map_all_cores", "decode_map_one_core"):
       if (data, kind) not in values:
         continue
       v = values[(data, kind)]
@@ -485,7 +501,7 @@ def main(argv) -> None:
                    _common.spread(v), _common.fmt(_common.median(per_core)),
                    _common.fmt(_common.median(over_decode))])
       title = ""
-    for threads in ("all_cores", "one_thread"):
+    for threads in ("all_cores", "one_core"):
       if (data, f"pipeline_{threads}") not in values:
         continue
       over_map = [p / d for p, d in zip(values[(data, f"pipeline_{threads}")],
@@ -493,7 +509,7 @@ def main(argv) -> None:
       entry[f"pipeline_over_decode_map_{threads}"] = {"median": _common.median(over_map),
                                                       "values": over_map}
       rows.append(["", f"training pipeline ÷ bare decode map, "
-                   f"{'all cores' if threads == 'all_cores' else '1-thread pool'}",
+                   f"{'all cores' if threads == 'all_cores' else '1 core'}",
                    _common.fmt(_common.median(over_map)), "ratio", _common.spread(over_map),
                    "", ""])
     pipe = entry["pipeline_all_cores"]

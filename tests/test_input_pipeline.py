@@ -231,11 +231,37 @@ def test_train_decode_paths_give_the_same_images(tmp_path):
             counter=counter)
   images, labels = next(iter(ip.build_train_dataset(src, 5, **kw)))
   assert sorted(labels.numpy().tolist()) == [0, 1, 2, 3, 4] and counter.total == 1
-  # The same crops from the centre (random_crop=False), one path or the other.
-  images, labels = next(iter(ip.build_train_dataset(src, 5, random_crop=False, **kw)))
-  for image, label in zip(images.numpy(), labels.numpy()):
-    expected = pp.decode_for_train(tf.constant(blobs[label]), tf.constant([14, 14]))
-    np.testing.assert_array_equal(image, expected.numpy().astype(np.float32), str(label))
+  # The same crops from the centre (random_crop=False), one path or the other; with
+  # finish_in_step (train.py) the unresized records' decode runs inline (`map_inline`).
+  for finish_in_step in (False, True):
+    images, labels = next(iter(ip.build_train_dataset(
+        src, 5, random_crop=False, finish_in_step=finish_in_step, **kw)))
+    if finish_in_step:
+      images = images[0]
+    for image, label in zip(images.numpy(), labels.numpy()):
+      expected = pp.decode_for_train(tf.constant(blobs[label]), tf.constant([14, 14]))
+      np.testing.assert_array_equal(image, expected.numpy().astype(image.dtype), str(label))
+
+
+@pytest.mark.parametrize("finish_in_step", [False, True])
+def test_a_wrong_stored_size_loses_only_its_record(tmp_path, finish_in_step):
+  """A full-size JPEG whose TFRecord says 256 pixels takes the unresized decode (inline with
+  finish_in_step), fails there and is dropped on its own; with strict it stops the pipeline."""
+  rng = np.random.default_rng(9)
+  blobs = [encode_image(smooth_image(rng, 256, 300)), encode_image(smooth_image(rng, 400, 330)),
+           encode_image(smooth_image(rng, 300, 256))]
+  _write_tfrecord(str(tmp_path / "train-00000-of-00001"), blobs,
+                  [(256, 300), (256, 330), (300, 256)])
+  src = datasets.load_source("tfrecord", "train", str(tmp_path))
+  kw = dict(seed=1, repeat=False, deterministic=True, finish_in_step=finish_in_step)
+  assert sorted(int(y[0]) for _, y in ip.build_train_dataset(src, 1, **kw)) == [0, 2]
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    list(ip.build_train_dataset(src, 1, strict=True, **kw))
+
+
+def test_map_inline_is_map():
+  ds = tf.data.Dataset.range(5)
+  assert list(ip.map_inline(ds, lambda x: x * 2).as_numpy_iterator()) == [0, 2, 4, 6, 8]
 
 
 def test_check_source_refuses_a_wrong_stored_size(tmp_path):
