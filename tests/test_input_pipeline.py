@@ -259,7 +259,11 @@ def test_a_wrong_stored_size_loses_only_its_record(tmp_path, finish_in_step):
     list(ip.build_train_dataset(src, 1, strict=True, **kw))
 
 
-def test_map_inline_is_map():
+@pytest.mark.parametrize("private_api", [True, False])
+def test_map_inline_is_map(monkeypatch, private_api):
+  """Also where TF lacks the private argument (`map_inline` falls back to `map`)."""
+  if not private_api:
+    monkeypatch.setattr(ip, "_MapDataset", None)
   ds = tf.data.Dataset.range(5)
   assert list(ip.map_inline(ds, lambda x: x * 2).as_numpy_iterator()) == [0, 2, 4, 6, 8]
 
