@@ -535,7 +535,9 @@ class SourceCheck:
 
 def _check_stored_size(record: dict, shape: list[int], name: str) -> None:
   stored = [int(record[k]) for k in ("height", "width") if k in record]
-  if len(stored) == 2 and stored != [0, 0] and stored != shape:
+  # A 0 in either means unknown (the parser's default for a missing feature); the pipeline then
+  # takes the normal decode (`crop_needs_no_resize`), so only known sizes must match.
+  if len(stored) == 2 and 0 not in stored and stored != shape:
     raise UserError(
         f"record {name} stores its image size as {stored[0]}x{stored[1]} (image/height x "
         f"image/width) but its image is {shape[0]}x{shape[1]}; rewrite the TFRecords with "

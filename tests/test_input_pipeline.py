@@ -269,9 +269,16 @@ def test_map_inline_is_map(monkeypatch, private_api):
 
 
 def test_check_source_refuses_a_wrong_stored_size(tmp_path):
+  """A stored size with a 0 in it is unknown (the pipeline decodes the normal way): accepted."""
   blob = encode_image(smooth_image(np.random.default_rng(0), 256, 300))
-  _write_tfrecord(str(tmp_path / "train-00000-of-00001"), [blob, blob], [(256, 300), (300, 256)])
+  _write_tfrecord(str(tmp_path / "train-00000-of-00001"), [blob, blob, blob],
+                  [(256, 300), (0, 300), (256, 0)])
   src = datasets.load_source("tfrecord", "train", str(tmp_path))
+  check = ip.check_source(src)
+  assert (check.num_checked, check.num_corrupt) == (3, 0)
+  kw = dict(seed=0, repeat=False, deterministic=True, strict=True)
+  assert sorted(int(y[0]) for _, y in ip.build_train_dataset(src, 1, **kw)) == [0, 1, 2]
+  _write_tfrecord(str(tmp_path / "train-00000-of-00001"), [blob, blob], [(256, 300), (300, 256)])
   with pytest.raises(UserError, match=r"stores its image size as 300x256 .* image is 256x300"):
     ip.check_source(src)
 
