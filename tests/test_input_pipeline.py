@@ -269,7 +269,8 @@ def test_map_inline_is_map(monkeypatch, private_api):
 
 
 def test_check_source_refuses_a_wrong_stored_size(tmp_path):
-  """A stored size with a 0 in it is unknown (the pipeline decodes the normal way): accepted."""
+  """A known stored size must be the image's; one with a 0 in it is unknown (the pipeline then
+  decodes the normal way), so it is accepted."""
   blob = encode_image(smooth_image(np.random.default_rng(0), 256, 300))
   _write_tfrecord(str(tmp_path / "train-00000-of-00001"), [blob, blob, blob],
                   [(256, 300), (0, 300), (256, 0)])
