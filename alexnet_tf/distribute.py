@@ -73,6 +73,14 @@ def worker_id(strategy: tf.distribute.Strategy) -> int:
   return 0
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """How many processes (each with its own input pipeline) the strategy's replicas span."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  spec = strategy.cluster_resolver.cluster_spec()
+  return max(1, sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs))
+
+
 def _cross_device_ops(all_reduce: str, gpus: list) -> tf.distribute.CrossDeviceOps | None:
   if all_reduce == "auto":
     return None if gpus else tf.distribute.ReductionToOneDevice()

@@ -71,10 +71,11 @@ built with the same counter; by default `corrupt_counter("train")` for training 
   if skipped: logging.warning("%d corrupt images skipped (%s)", skipped, counter.recent_files)
   counter.check(num_records=epochs_done * source.num_examples)   # UserError above 50%
 
-Counts are taken when tf.data processes a record, which with prefetching may be a little ahead
-of the training loop; totals are exact. Before training, `check_source(source)` decodes a
-sample of the records and raises `UserError` when more than `threshold` (50%) of them are
-corrupt (or, with strict=True, when any is).
+Counts are taken when tf.data processes a record, which with prefetching may be ahead of the
+training loop (by more than an epoch of a small dataset under a step cap); totals are exact,
+and `check` takes the fraction of the records the pipelines read. Before training,
+`check_source(source)` decodes a sample of the records and raises `UserError` when more than
+`threshold` (50%) of them are corrupt (or, with strict=True, when any is).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import inspect
+import itertools
 import os
 import random
 import threading
@@ -132,9 +134,15 @@ class CorruptCounter:
     self._total = 0
     self._since_pop = 0
     self._recent: collections.deque[str] = collections.deque(maxlen=keep_files)
+    self._read: dict[int, int] = {}
 
-  def record(self, filename: bytes | str = b"") -> None:
-    """Counts one skipped record (called from the pipeline through tf.py_function)."""
+  def record(self, filename: bytes | str = b"", position: int = 0, pipeline: int = 0) -> None:
+    """Counts one skipped record (called from the pipeline through tf.py_function).
+
+    `position`: where the record is in its pipeline's stream (1 for the first record read),
+    where the pipeline knows it (training); `pipeline` tells apart the pipelines that share
+    this counter.
+    """
     if isinstance(filename, bytes):
       filename = filename.decode("utf-8", "replace")
     with self._lock:
@@ -142,12 +150,21 @@ class CorruptCounter:
       self._since_pop += 1
       if filename:
         self._recent.append(filename)
+      if position > self._read.get(pipeline, 0):
+        self._read[pipeline] = int(position)
 
   @property
   def total(self) -> int:
     """Records skipped since creation (or `reset`)."""
     with self._lock:
       return self._total
+
+  @property
+  def records_read(self) -> int:
+    """At least how many records the pipelines have read: for each pipeline, the stream position
+    of its last skipped record (0 where none was skipped, or positions are unknown)."""
+    with self._lock:
+      return sum(self._read.values())
 
   @property
   def recent_files(self) -> list[str]:
@@ -165,16 +182,27 @@ class CorruptCounter:
     with self._lock:
       self._total = self._since_pop = 0
       self._recent.clear()
+      self._read.clear()
 
   def check(self, num_records: int, threshold: float = DEFAULT_CORRUPT_THRESHOLD) -> None:
-    """Raises UserError when more than `threshold` of `num_records` records were skipped."""
-    check_corrupt_fraction(self.total, num_records, threshold, self.recent_files)
+    """Raises UserError when more than `threshold` of the records read were skipped.
 
-  def _py_record(self, filename: tf.Tensor) -> tf.Tensor:
-    def _fn(name):
-      self.record(name.numpy())
+    `num_records`: how many records the caller has taken from the pipelines (e.g. steps ×
+    this process's records per step). The pipelines read ahead of that (prefetching, a step
+    cap), and every record they read may have been counted, so the fraction is of
+    `max(num_records, records_read)`: without it, a short run of a small dataset with a few
+    corrupt files could stop as "mostly corrupt".
+    """
+    check_corrupt_fraction(self.total, max(num_records, self.records_read), threshold,
+                           self.recent_files)
+
+  def _py_record(self, filename: tf.Tensor, position: tf.Tensor | None = None,
+                 pipeline: int = 0) -> tf.Tensor:
+    def _fn(name, *pos):
+      self.record(name.numpy(), int(pos[0].numpy()) if pos else 0, pipeline)
       return np.bool_(False)
-    return tf.py_function(_fn, [filename], Tout=tf.bool)
+    return tf.py_function(_fn, [filename] + ([] if position is None else [position]),
+                          Tout=tf.bool)
 
 
 _COUNTERS: dict[str, CorruptCounter] = {}
@@ -194,7 +222,8 @@ def check_corrupt_fraction(num_corrupt: int, num_records: int,
                            examples: Sequence[str] = ()) -> None:
   """Raises UserError when num_corrupt > threshold * num_records (with num_records > 0)."""
   if num_records > 0 and num_corrupt > threshold * num_records:
-    where = f" (e.g. {', '.join(list(examples)[:3])})" if examples else ""
+    examples = list(dict.fromkeys(examples))[:3]  # A file skipped in several epochs, once.
+    where = f" (e.g. {', '.join(examples)})" if examples else ""
     raise UserError(f"{num_corrupt} of {num_records} images are corrupt or not images{where}: "
                     f"more than {threshold:.0%}; check --data_dir")
 
@@ -231,11 +260,13 @@ def with_validity(group: dict) -> dict:
   return dict(group, valid=is_valid_image(group["image"]))
 
 
-def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter) -> tf.Tensor:
+def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter,
+                        pipeline: int = 0) -> tf.Tensor:
   """The record's encoded image, passed on only if its "valid" flag (`with_validity`) is set.
 
   A failing record raises InvalidArgumentError ("corrupt image file ...", with the file name)
-  before anything decodes it; without `strict` it is counted first, and the pipeline's
+  before anything decodes it; without `strict` it is counted first, with its "position" in the
+  stream where the record has one (`CorruptCounter.record`), and the pipeline's
   `ignore_errors()` then drops it. Counting here, where the record is decoded, keeps the count
   as close to the training loop as the decode is (a group stage would count up to a group of
   records ahead, across an epoch's end).
@@ -246,7 +277,8 @@ def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter) -> 
   else:
     what = "corrupt image file, skipped:"
     ok = tf.cond(ok, lambda: tf.constant(True),
-                 lambda: counter._py_record(record["filename"]))  # pylint: disable=protected-access
+                 lambda: counter._py_record(  # pylint: disable=protected-access
+                     record["filename"], record.get("position"), pipeline))
   with tf.control_dependencies([tf.debugging.Assert(ok, [what, record["filename"]])]):
     return tf.identity(record["image"])
 
@@ -363,6 +395,8 @@ def _private_map_dataset():
 
 
 _MapDataset = _private_map_dataset()
+# Tells apart the training pipelines that share a `CorruptCounter` (one per build).
+_PIPELINE_KEYS = itertools.count(1)
 
 
 def _check_image_size(image_size: int) -> None:
@@ -452,6 +486,7 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
   if batch_size < 1:
     raise UserError(f"batch size must be positive, got {batch_size}")
   counter = counter or corrupt_counter("train")
+  counter_key = next(_PIPELINE_KEYS)
   _, pipeline_id = _shard(input_context)
   aug_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
   ds = source.records(input_context, shuffle=True, seed=seed)
@@ -464,11 +499,16 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
 
   def _draw_and_check(group_index, group):
     group_seed = tf.random.experimental.stateless_fold_in(base_seed, group_index)
+    n = tf.shape(group["label"])[0]
     draws = preprocessing.draw_train_augmentation(
-        group_seed, tf.shape(group["label"])[0], image_size, crop=random_crop,
-        flip=random_flip, lighting=pca_lighting, alphastd=alphastd, eigval=eigval,
-        eigvec=eigvec)
-    return split_unresized(with_validity(dict(group, **draws)), image_size)
+        group_seed, n, image_size, crop=random_crop, flip=random_flip, lighting=pca_lighting,
+        alphastd=alphastd, eigval=eigval, eigvec=eigvec)
+    # Where each record is in the stream, for the count of records read (`CorruptCounter`).
+    position = group_index * group_size + tf.range(1, tf.cast(n, tf.int64) + 1)
+    unresized, others = split_unresized(with_validity(dict(group, position=position, **draws)),
+                                        image_size)
+    del unresized["position"]  # Only failed records are counted, and none of these failed.
+    return unresized, others
 
   def _element(record, image):
     if finish_in_step:
@@ -482,7 +522,7 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
 
   def _decode(record):
     return _element(record, preprocessing.decode_for_train(
-        checked_image_bytes(record, strict, counter), record["offset"],
+        checked_image_bytes(record, strict, counter, counter_key), record["offset"],
         None if finish_in_step else record["flip"], image_size))
 
   group_size = min(batch_size, MAX_TRAIN_GROUP)

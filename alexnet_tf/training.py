@@ -246,6 +246,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
   # Fails fast (UserError) when most files are unreadable, before any model is built.
   input_pipeline.check_source(train_source, strict=config.strict_data)
   corrupt = input_pipeline.corrupt_counter("train")
+  corrupt.reset()  # Its fraction is of this run's records.
   model_config = dict(config.model, classes=train_source.num_classes)
   if config.stats and config.stats.get("mean") is not None:
     model_config["mean"] = [float(v) for v in config.stats["mean"]]
@@ -408,7 +409,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                       learning_rate=lr, images_per_sec=rate, epoch_seconds=train_time,
                       corrupt_images_skipped=corrupt.pop(),
                       lr_reduced=bool(reduced))
-        corrupt.check(num_records=(epoch + 1 - start_epoch) * steps_per_epoch * config.batch_size)
+        corrupt.check(num_records=(epoch + 1 - start_epoch) * steps_per_epoch
+                      * config.batch_size // distribute.num_workers(strategy))
         history.append(record)
         writer.epoch(record)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {m['loss']:.4f}  top1 {m['top1']:.3f}  "

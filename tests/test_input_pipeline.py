@@ -150,16 +150,40 @@ def test_corrupt_files_are_skipped_and_counted(corrupt_folder):
   batches = list(ip.build_train_dataset(src, 1, seed=0, repeat=False, counter=counter))
   assert len(batches) == 6
   assert counter.total == 4 and counter.pop() == 4 and counter.pop() == 0
-  assert sorted(os.path.basename(f) for f in counter.recent_files) == [
-      "empty.jpg", "text.jpg", "truncated.jpg", "truncated.png"]
+  bad = ["empty.jpg", "text.jpg", "truncated.jpg", "truncated.png"]
+  assert sorted(os.path.basename(f) for f in counter.recent_files) == bad
+  # The records read, as far as the counter can tell: up to the last skipped one.
+  order = [os.path.basename(r["filename"].numpy().decode())
+           for r in src.records(shuffle=True, seed=0)]
+  last_bad = max(i + 1 for i, name in enumerate(order) if name in bad)
+  assert counter.records_read == last_bad
   counter.check(num_records=10)  # 40% < 50%.
-  with pytest.raises(UserError, match="corrupt"):
-    counter.check(num_records=6)
+  # The loop took 6 records, the pipeline read them all: 4 of 6 would be "mostly corrupt".
+  assert 4 <= 0.5 * last_bad
+  counter.check(num_records=6)
+  with pytest.raises(UserError, match="4 of 10 images are corrupt"):
+    counter.check(num_records=10, threshold=0.3)
   eval_counter = ip.CorruptCounter()
   n = sum(int(b[0].shape[0]) for b in ip.build_eval_dataset(src, 4, counter=eval_counter))
   assert n == 6 and eval_counter.total == 4
   # The default counters are process-wide singletons.
   assert ip.corrupt_counter("train") is ip.corrupt_counter("train")
+
+
+def test_corrupt_fraction_is_of_the_records_read():
+  counter = ip.CorruptCounter()
+  for position in (3, 40, 9):   # One pipeline read at least 40 records, skipped 3 of them.
+    counter.record(b"bad.jpg", position, pipeline=1)
+  counter.record("other.jpg", 20, pipeline=2)
+  assert counter.records_read == 60 and counter.total == 4
+  counter.check(num_records=12)  # 4 of 60, not 4 of the 12 the loop took.
+  counter.check(num_records=100)
+  with pytest.raises(UserError) as e:
+    counter.check(num_records=5, threshold=0.05)
+  assert str(e.value).startswith("4 of 60 images are corrupt or not images (e.g. bad.jpg, "
+                                 "other.jpg):")
+  counter.reset()
+  assert counter.records_read == 0 and counter.total == 0
 
 
 def test_validity_check_of_a_vector_is_the_check_of_each_image(corrupt_folder):
