@@ -617,11 +617,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = log_line) -> dict:
                             num_classes=loaded[0].num_classes, collect_predictions=True,
                             progress=progress)
   except tf.errors.InvalidArgumentError as e:
-    if config.strict_data:
-      detail = next((line.strip() for line in str(e).splitlines()
-                     if "corrupt image file" in line), str(e).strip().splitlines()[0])
-      raise UserError(f"an image could not be read (--strict_data): {detail[:300]}") from None
-    raise
+    input_pipeline.raise_strict_data_error(e, config.strict_data)
   skipped = counter.pop()
   if result["num_images"] == 0:
     raise UserError(f"no image of --dataset={dataset} split {config.split!r} could be "

@@ -60,6 +60,7 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
 3. With `strict=True` (`--strict_data`) a failing record raises instead:
    `tf.errors.InvalidArgumentError` whose message contains "corrupt image file" and the file
    name (from the check), or TF's decode error (no `ignore_errors()` in strict mode).
+   `raise_strict_data_error` re-raises either as one sentence (train.py and evaluate.py do).
 
 Reading the count in a training loop (counters are per process and shared by all pipelines
 built with the same counter; by default `corrupt_counter("train")` for training pipelines and
@@ -86,8 +87,9 @@ import inspect
 import itertools
 import os
 import random
+import re
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -563,6 +565,38 @@ def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int =
   ds = check_in_groups(source.records(input_context))
   ds = decode_groups(ds, _decode, strict=strict, deterministic=True)
   return _finish(ds, batch_size, False, True).prefetch(_AUTOTUNE)
+
+
+_STRICT_CORRUPT = re.compile(r"assertion failed: \[corrupt image file \(--strict_data\):\] "
+                             r"\[(.*)\]$", re.MULTILINE)
+_PIPELINE_ERROR = re.compile(r"transformation with iterator: \S+: (.*)$", re.MULTILINE)
+
+
+def strict_data_error(error: tf.errors.OpError) -> UserError | None:
+  """The one-sentence error for what a strict pipeline raised, None if it did not come from one.
+
+  A record that failed the check: "corrupt image file NAME (--strict_data)", as `check_source`
+  says it. An image that passed the check but could not be decoded: TF's reason (its message
+  does not name the file). Anything not raised inside a tf.data pipeline: None.
+  """
+  message = str(error)
+  corrupt = _STRICT_CORRUPT.search(message)
+  if corrupt:
+    return UserError(f"corrupt image file {corrupt.group(1)} (--strict_data)")
+  failed = _PIPELINE_ERROR.search(message)
+  if failed:
+    return UserError(f"an image could not be decoded (--strict_data): {failed.group(1)}; "
+                     "rerun without --strict_data to skip and count such files")
+  return None
+
+
+def raise_strict_data_error(error: tf.errors.InvalidArgumentError, strict: bool) -> NoReturn:
+  """Re-raises `error`, caught from a loop over pipelines built with `strict`: then as its
+  one-sentence UserError where it is a data error (`strict_data_error`); else as it is."""
+  data_error = strict_data_error(error) if strict else None
+  if data_error is not None:
+    raise data_error from None
+  raise error
 
 
 @dataclasses.dataclass

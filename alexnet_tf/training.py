@@ -363,6 +363,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
         except tf.errors.OutOfRangeError as e:
           raise UserError(f"the {config.train_split} split ran out of images at step "
                           f"{step + 1}; too many unreadable files?") from e
+        except tf.errors.InvalidArgumentError as e:
+          # check_source decoded only a sample: with --strict_data a bad file can stop us here.
+          input_pipeline.raise_strict_data_error(e, config.strict_data)
         step += 1
         images_this_epoch += config.batch_size
         window_images += config.batch_size
@@ -393,8 +396,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
         # The epoch ran to its end: validate, update the schedule, checkpoint.
         train_time = time.perf_counter() - epoch_start
         m = metrics.result()
-        val = evaluate_model(model, make_val_dataset(), strategy,
-                             num_classes=model_config["classes"])
+        try:
+          val = evaluate_model(model, make_val_dataset(), strategy,
+                               num_classes=model_config["classes"])
+        except tf.errors.InvalidArgumentError as e:
+          input_pipeline.raise_strict_data_error(e, config.strict_data)
         final_val = val
         reduced = state.plateau.update(1.0 - val["top1_accuracy"]) \
             if schedule.name == "plateau" else False

@@ -20,10 +20,12 @@ fresh Python processes (`python evaluate.py ...`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -466,6 +468,21 @@ def test_empty_dataset_is_refused(setup, tmp_path):
   with pytest.raises(UserError, match="is empty"):
     evaluation.evaluate(evaluation.EvalConfig(keras_model=setup["paths"]["a"], dataset="folder",
                                               data_dir=str(root)), log=lambda _: None)
+
+
+def test_strict_data_names_the_corrupt_file(setup, tmp_path):
+  root = tmp_path / "data"
+  shutil.copytree(setup["data"], root)
+  bad = str(root / "validation" / CLASSES[1] / "bad.jpg")
+  with open(bad, "wb") as f:
+    f.write(b"not an image")
+  config = evaluation.EvalConfig(keras_model=setup["paths"]["a"], dataset="folder",
+                                 data_dir=str(root), batch_size=4)
+  result = evaluation.evaluate(config, log=lambda _: None)
+  assert result["corrupt_images_skipped"] == 1
+  with pytest.raises(UserError) as e:
+    evaluation.evaluate(dataclasses.replace(config, strict_data=True), log=lambda _: None)
+  assert str(e.value) == f"corrupt image file {bad} (--strict_data)"
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -202,6 +202,38 @@ def test_strict_mode_names_the_file(corrupt_folder):
     ip.check_source(src, strict=True)
 
 
+def _strict_error(ds, in_function=False):
+  iterator = iter(ds)
+  get_next = tf.function(lambda: next(iterator)) if in_function else lambda: next(iterator)
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    while True:
+      get_next()
+  return ip.strict_data_error(e.value)
+
+
+def test_strict_data_error_is_one_sentence(corrupt_folder, image_folder):
+  src = datasets.load_source("folder", "train", corrupt_folder)
+  bad = [os.path.join(corrupt_folder, "train", "bad", n)
+         for n in ("empty.jpg", "text.jpg", "truncated.jpg", "truncated.png")]
+  # As the training step and evaluation meet them: the file named as check_source names it.
+  for ds, in_function in [(ip.build_train_dataset(src, 2, strict=True, finish_in_step=True), True),
+                          (ip.build_train_dataset(src, 2, strict=True, repeat=False), False),
+                          (ip.build_eval_dataset(src, 4, strict=True), True)]:
+    error = str(_strict_error(ds, in_function))
+    assert error in [f"corrupt image file {name} (--strict_data)" for name in bad]
+  # A file that passes the check but not the decode: TF's reason (it names no file).
+  root = image_folder(classes=("x",), per_class=1, splits=("train",))
+  with open(os.path.join(root, "train", "x", "bad.jpg"), "wb") as f:
+    f.write(b"\xff\xd8\xff\xe0 not a JPEG body \xff\xd9")
+  error = _strict_error(ip.build_eval_dataset(datasets.load_source("folder", "train", root), 2,
+                                               strict=True))
+  assert str(error).startswith("an image could not be decoded (--strict_data): Invalid JPEG")
+  # Not from a pipeline: not a data error.
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    tf.reshape(tf.zeros([3]), [2])
+  assert ip.strict_data_error(e.value) is None
+
+
 def test_eval_keeps_the_record_order_across_groups(train_source):
   # 60 records: two groups decoded by parallel workers, still in the source's order.
   order = [int(r["label"]) for r in train_source.records()]

@@ -297,6 +297,24 @@ def test_ten_percent_corrupt_jpegs_are_skipped_and_counted(tmp_path):
       os.path.basename(files[11]) in strict.stderr, strict.stderr
 
 
+def test_strict_data_stops_mid_run_naming_the_file(tmp_path):
+  """Before training only training records are checked (`check_source`): a bad validation file
+  stops a --strict_data run where validation meets it, with one line naming it and no
+  traceback, and the checkpoints written so far stay. (A bad training file outside the
+  pre-check's sample stops the training step the same way.)"""
+  root = shapes.generate(str(tmp_path / "data"), num_train=16, num_validation=6, seed=9)
+  validation = os.path.join(root, "validation")
+  first_class = os.path.join(validation, sorted(os.listdir(validation))[0])
+  bad = os.path.join(first_class, sorted(os.listdir(first_class))[0])
+  _corrupt(bad, "truncated")
+  model_dir = str(tmp_path / "run")
+  proc = run(args_for(model_dir, root, "--strict_data", "--epochs=1", "--checkpoint_steps=1"))
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert "step 3/" in proc.stdout, proc.stdout  # It stopped after training, not before.
+  assert proc.stderr.strip().splitlines()[-1] == f"error: corrupt image file {bad} (--strict_data)"
+  assert os.path.exists(os.path.join(model_dir_lib.checkpoint_dir(model_dir), "ckpt-3.index"))
+
+
 def test_mostly_broken_dataset_stops_before_training(tmp_path):
   root = shapes.generate(str(tmp_path / "data"), num_train=12, num_validation=6, seed=9)
   for path in _train_files(root)[:9]:
