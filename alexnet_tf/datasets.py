@@ -506,6 +506,12 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
       builder.download_and_prepare(download_config=config)
     except AssertionError as e:  # TFDS reports missing manual files this way.
       raise UserError(f"cannot prepare TFDS dataset {name}: {e}") from None
+    except OSError as e:  # No network (requests' errors are OSErrors), a full or read-only disk.
+      reason = (str(e).strip().splitlines() or [""])[0][:300]
+      raise UserError(f"could not download and prepare TFDS dataset {name} in "
+                      f"{builder.data_dir}: {type(e).__name__}: {reason}. Check the network "
+                      "and the disk, or prepare it where there is a network "
+                      f"(`tfds build {name}`) and pass its folder as --data_dir") from None
   info = builder.info
   keys = info.supervised_keys
   if not keys or len(keys) != 2 or not isinstance(keys[0], str):

@@ -83,6 +83,23 @@ def test_unknown_dataset_and_imagenet_message(tmp_path):
   assert str(tmp_path / "manual") in msg
 
 
+def test_tfds_download_failure_is_one_sentence(tmp_path, monkeypatch):
+  import requests
+  import tensorflow_datasets as tfds
+
+  def no_network(self, **kwargs):
+    raise requests.exceptions.ConnectionError(
+        "HTTPConnectionPool(host='download.tensorflow.org', port=80): Max retries exceeded\n...")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+  with pytest.raises(UserError) as e:
+    datasets.load_source("tf_flowers", "train", str(tmp_path))
+  msg = str(e.value)
+  assert msg.startswith(f"could not download and prepare TFDS dataset tf_flowers in {tmp_path}")
+  assert "ConnectionError: HTTPConnectionPool" in msg and "\n" not in msg
+  assert "--data_dir" in msg
+
+
 def _make_records(root, tmp_path, name="rec", num_shards=2):
   from alexnet_tf.tools import make_tfrecords
   dst = str(tmp_path / name)
