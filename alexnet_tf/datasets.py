@@ -29,7 +29,8 @@ Kinds of `dataset`:
   name; a glob without it is used for any split. Class names come from an optional `labels.txt`
   next to the files (one name per line, line i = label i). Record counts come from
   `metadata.json` next to the files (written by `python -m alexnet_tf.tools.make_tfrecords`)
-  or, without it, from one pass over the labels.
+  or, without it, from one pass over the labels. A directory's files of the split that its
+  `metadata.json` does not list are an error (not read silently; a glob reads them).
 - `shapes`: the built-in generated dataset (`alexnet_tf.shapes`); `data_dir` is its cache folder
   (default $ALEXNET_TF_CACHE/shapes or ~/.cache/alexnet_tf/shapes), generated on first use
   (3000 train / 600 validation images, 6 classes); a complete shapes dataset of another size
@@ -438,7 +439,12 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
   num_classes = len(class_names) if class_names else None
   if meta:
     per_file = meta.get("files", {})
-    if all(os.path.basename(f) in per_file for f in files):
+    unlisted = [f for f in files if os.path.basename(f) not in per_file]
+    if unlisted and per_file and tf.io.gfile.isdir(os.path.expanduser(data_dir)):
+      raise UserError(f"{unlisted[0]} is not among the files that {directory}/{METADATA_FILE} "
+                      "lists (left from an earlier make_tfrecords run?): remove it, or pass "
+                      "the files to read as a glob in --data_dir")
+    if not unlisted:
       counts = [int(per_file[os.path.basename(f)]) for f in files]
     if num_classes is None and meta.get("num_classes"):
       num_classes = int(meta["num_classes"])

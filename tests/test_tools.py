@@ -44,6 +44,18 @@ def test_make_tfrecords(image_folder, tmp_path):
   assert sorted(set(sizes)) == [(100, 120), (384, 256)]
   images, labels = next(iter(ip.build_train_dataset(src, 4, seed=0)))
   assert images.shape == (4, 227, 227, 3)
+  # Again with another shard count: refused (both runs' shards would be read as one dataset).
+  with pytest.raises(UserError, match="already holds TFRecords"):
+    make_tfrecords.convert(root, str(tmp_path / "out"), num_shards=1, log=logs.append)
+  assert len(os.listdir(tmp_path / "out")) == 2 + 2 + 2  # Nothing written or removed.
+  # Shards that metadata.json does not list (copied in by hand, say): refused, not read.
+  tf.io.gfile.copy(str(tmp_path / "out" / "train-00000-of-00002.tfrecord"),
+                   str(tmp_path / "out" / "train-00000-of-00001.tfrecord"))
+  with pytest.raises(UserError, match="train-00000-of-00001.tfrecord is not among the files"):
+    datasets.load_source("tfrecord", "train", str(tmp_path / "out"))
+  # Named by a glob, the files are read as given.
+  glob = str(tmp_path / "out" / "train-*-of-00002.tfrecord")
+  assert datasets.load_source("tfrecord", "train", glob).num_examples == 6
 
 
 def test_make_tfrecords_cli(image_folder, tmp_path):
@@ -54,7 +66,8 @@ def test_make_tfrecords_cli(image_folder, tmp_path):
       "labels.txt", "metadata.json", "train-00000-of-00001.tfrecord",
       "validation-00000-of-00001.tfrecord"]
   bad = _run("alexnet_tf.tools.make_tfrecords", str(tmp_path / "nowhere"), str(tmp_path / "x"))
-  assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+  assert bad.returncode == 1 and "Traceback" not in bad.stderr
+  assert f"error: SRC={tmp_path / 'nowhere'} is not a folder" in bad.stderr, bad.stderr
 
 
 def _flat_colour_dataset(root, colours):

@@ -5,7 +5,8 @@ r"""Converts a folder of images to 256-pixel TFRecord shards (the paper's one-of
 SRC is a folder dataset (SRC/<split>/<label>/*.jpg|png, splits `train` and `validation`, which
 may be named `val` or `test`). Every image is decoded, converted to RGB, resized so its shorter
 side is --size (never upscaled; the aspect ratio is kept, so the training pipeline still takes
-the central square and random crops) and re-encoded as JPEG. DST receives
+the central square and random crops) and re-encoded as JPEG. DST (which must not hold
+TFRecords yet) receives
 
   DST/train-00000-of-00008.tfrecord ...      tf.train.Example: image/encoded (JPEG bytes),
   DST/validation-00000-of-00001.tfrecord       image/class/label (int64, 0-based), image/class/text,
@@ -78,13 +79,22 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
   """Converts folder dataset SRC to TFRecord shards in DST; returns the metadata written.
 
   Raises:
-    UserError: SRC is not a folder dataset (see `alexnet_tf.datasets.load_folder`), bad options.
+    UserError: SRC is not a folder dataset (see `alexnet_tf.datasets.load_folder`), DST already
+      holds TFRecords, bad options.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_tf import datasets  # pylint: disable=g-import-not-at-top
 
   if size < 1 or not 1 <= quality <= 100 or num_shards < 0:
     raise UserError("--size must be >= 1, --quality in 1..100, --num_shards >= 0")
+  if not tf.io.gfile.isdir(os.path.expanduser(src)):
+    raise UserError(f"SRC={src} is not a folder (expected SRC/<split>/<label>/*.jpg)")
+  # Shards of an earlier run with another shard count would stay beside the new ones, and
+  # `--dataset=tfrecord --data_dir=DST` would read both.
+  earlier = sorted(tf.io.gfile.glob(os.path.join(dst, "*.tfrecord")))
+  if earlier:
+    raise UserError(f"DST={dst} already holds TFRecords ({os.path.basename(earlier[0])}, ...): "
+                    "remove them or choose an empty folder")
   splits = {}
   for split in datasets.SPLITS:
     try:
