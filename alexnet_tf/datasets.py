@@ -27,7 +27,9 @@ Kinds of `dataset`:
   a directory, the files of a split are DIR/<split>-* or DIR/<split>.* or DIR/<split>/*
   (validation: also `val`, `test`). A glob may contain `{split}`, which is replaced by the split
   name; a glob without it is used for any split. Class names come from an optional `labels.txt`
-  next to the files (one name per line, line i = label i). Record counts come from
+  next to the files (one name per line, line i = label i; without it, as many classes as
+  the highest label + 1: TF-Slim's ImageNet shards, labelled 1..1000 with 0 as background,
+  give 1001 classes, as in the Model Garden). Record counts come from
   `metadata.json` next to the files (written by `python -m alexnet_tf.tools.make_tfrecords`)
   or, without it, from one pass over the labels. A directory's files of the split that its
   `metadata.json` does not list are an error (not read silently; a glob reads them).
@@ -458,6 +460,11 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
                       "negative labels")
     if num_classes is None:
       num_classes = hi + 1
+    elif hi >= num_classes:
+      raise UserError(f"TFRecords {files[0]}...: labels go up to {hi}, but {directory}/"
+                      f"{LABELS_FILE} names {num_classes} classes (label i is line i + 1). "
+                      "TF-Slim's ImageNet shards count from 1 (0 is background): give them a "
+                      "labels.txt of 1001 lines, or none")
   total = sum(counts)
   if total == 0:
     raise UserError(f"split {split!r} is empty: {len(files)} TFRecord files with no records "

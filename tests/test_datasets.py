@@ -134,6 +134,27 @@ def test_tfrecord_source(image_folder, tmp_path):
     datasets.load_source("tfrecord", "train", os.path.join(dst, "nothing-*"))
 
 
+def test_tfrecord_labels_beyond_labels_txt_are_refused(tmp_path):
+  """TF-Slim's ImageNet shards count labels from 1: with a labels.txt of one name per class,
+  the highest label has no class (a traceback in the first training step on a CPU, NaN on a
+  GPU), so it is refused when the source is loaded."""
+  jpeg = encode_image(smooth_image(np.random.default_rng(0), 8, 8), "JPEG")
+  with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as writer:
+    for label in (1, 2, 1):
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+          "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+      })).SerializeToString())
+  (tmp_path / "labels.txt").write_text("cat\ndog\n")
+  with pytest.raises(UserError, match=r"labels go up to 2, but .*labels.txt names 2 classes"):
+    datasets.load_source("tfrecord", "train", str(tmp_path))
+  (tmp_path / "labels.txt").write_text("background\ncat\ndog\n")
+  src = datasets.load_source("tfrecord", "train", str(tmp_path))
+  assert (src.num_examples, src.num_classes) == (3, 3)
+  os.remove(tmp_path / "labels.txt")
+  assert datasets.load_source("tfrecord", "train", str(tmp_path)).num_classes == 3
+
+
 def test_tfds_mock_source():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=5):
