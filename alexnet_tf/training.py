@@ -245,8 +245,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                                     config.manual_dir)
   # Fails fast (UserError) when most files are unreadable, before any model is built.
   input_pipeline.check_source(train_source, strict=config.strict_data)
+  input_pipeline.check_source(val_source, strict=config.strict_data)
   corrupt = input_pipeline.corrupt_counter("train")
   corrupt.reset()  # Its fraction is of this run's records.
+  val_corrupt = input_pipeline.corrupt_counter("eval")
+  val_corrupt.reset()
   model_config = dict(config.model, classes=train_source.num_classes)
   if config.stats and config.stats.get("mean") is not None:
     model_config["mean"] = [float(v) for v in config.stats["mean"]]
@@ -401,6 +404,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                                num_classes=model_config["classes"])
         except tf.errors.InvalidArgumentError as e:
           input_pipeline.raise_strict_data_error(e, config.strict_data)
+        val_skipped = val_corrupt.pop()
+        if val["num_images"] == 0:
+          if manager.last_saved_step != step:
+            manager.save(step)  # Keeps the epoch's training: a rerun only validates.
+          raise UserError(f"no image of the {config.validation_split} split could be read "
+                          f"({val_skipped} corrupt or unreadable); check --data_dir")
         final_val = val
         reduced = state.plateau.update(1.0 - val["top1_accuracy"]) \
             if schedule.name == "plateau" else False
@@ -414,7 +423,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                       val_top5=val["top5_accuracy"], val_top_k=val["top_k"],
                       learning_rate=lr, images_per_sec=rate, epoch_seconds=train_time,
                       corrupt_images_skipped=corrupt.pop(),
-                      lr_reduced=bool(reduced))
+                      val_corrupt_images_skipped=val_skipped, lr_reduced=bool(reduced))
         corrupt.check(num_records=(epoch + 1 - start_epoch) * steps_per_epoch
                       * config.batch_size // distribute.num_workers(strategy))
         history.append(record)
@@ -424,6 +433,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
             f"{val['top5_accuracy']:.3f}  {rate:.1f} img/s  ETA {_fmt_time(remaining)}"
             + (f"  corrupt skipped {record['corrupt_images_skipped']}"
                if record["corrupt_images_skipped"] else "")
+            + (f"  val corrupt skipped {val_skipped}" if val_skipped else "")
             + ("  (lr / 10: validation error stopped improving)" if reduced else ""))
         continue
       break  # Step cap reached inside the epoch.

@@ -273,23 +273,24 @@ def _corrupt(path, how):
     open(path, "wb").write(b"this is not an image")
 
 
-def _train_files(root):
-  train = os.path.join(root, "train")
-  return sorted(os.path.join(train, c, f) for c in sorted(os.listdir(train))
-                for f in sorted(os.listdir(os.path.join(train, c))))
+def _split_files(root, split="train"):
+  folder = os.path.join(root, split)
+  return sorted(os.path.join(folder, c, f) for c in sorted(os.listdir(folder))
+                for f in sorted(os.listdir(os.path.join(folder, c))))
 
 
 def test_ten_percent_corrupt_jpegs_are_skipped_and_counted(tmp_path):
   root = shapes.generate(str(tmp_path / "data"), num_train=20, num_validation=6, seed=9)
-  files = _train_files(root)
+  files = _split_files(root)
   _corrupt(files[3], "truncated")
   _corrupt(files[11], "garbage")
+  _corrupt(_split_files(root, "validation")[0], "garbage")  # In the one validation batch.
   model_dir = str(tmp_path / "run")
   proc = run(args_for(model_dir, root, "--epochs=1", "--steps_per_epoch=4"))
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert "corrupt skipped 2" in proc.stdout, proc.stdout
+  assert "corrupt skipped 2  val corrupt skipped 1" in proc.stdout, proc.stdout
   record = json.loads(open(os.path.join(model_dir, "metrics.jsonl")).readline())
-  assert record["corrupt_images_skipped"] == 2
+  assert record["corrupt_images_skipped"] == 2 and record["val_corrupt_images_skipped"] == 1
 
   strict = run(args_for(str(tmp_path / "strict"), root, "--epochs=1", "--strict_data"))
   assert strict.returncode != 0 and "Traceback" not in strict.stderr
@@ -297,27 +298,36 @@ def test_ten_percent_corrupt_jpegs_are_skipped_and_counted(tmp_path):
       os.path.basename(files[11]) in strict.stderr, strict.stderr
 
 
-def test_strict_data_stops_mid_run_naming_the_file(tmp_path):
-  """Before training only training records are checked (`check_source`): a bad validation file
-  stops a --strict_data run where validation meets it, with one line naming it and no
-  traceback, and the checkpoints written so far stay. (A bad training file outside the
-  pre-check's sample stops the training step the same way.)"""
-  root = shapes.generate(str(tmp_path / "data"), num_train=16, num_validation=6, seed=9)
-  validation = os.path.join(root, "validation")
-  first_class = os.path.join(validation, sorted(os.listdir(validation))[0])
-  bad = os.path.join(first_class, sorted(os.listdir(first_class))[0])
-  _corrupt(bad, "truncated")
+@pytest.mark.parametrize("strict", [True, False])
+def test_validation_files_broken_mid_run(tmp_path, strict):
+  """Before training a sample of each split is decoded (`check_source`); a file that breaks
+  after it (or one outside the sample, of 256 records) stops a --strict_data run where the
+  pipeline meets it, with one line naming it and no traceback. Without --strict_data, a
+  validation split of which no image can be read stops the run too, rather than report NaN
+  accuracies. Either way the epoch's checkpoint stays."""
+  root = shapes.generate(str(tmp_path / "data"), num_train=40, num_validation=6, seed=9)
+  validation = _split_files(root, "validation")
+  broken = validation[:1] if strict else validation
   model_dir = str(tmp_path / "run")
-  proc = run(args_for(model_dir, root, "--strict_data", "--epochs=1", "--checkpoint_steps=1"))
-  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-  assert "step 3/" in proc.stdout, proc.stdout  # It stopped after training, not before.
-  assert proc.stderr.strip().splitlines()[-1] == f"error: corrupt image file {bad} (--strict_data)"
-  assert os.path.exists(os.path.join(model_dir_lib.checkpoint_dir(model_dir), "ckpt-3.index"))
+  job = Spawned(args_for(model_dir, root, "--epochs=1", "--steps_per_epoch=10",
+                         "--checkpoint_steps=5", *(["--strict_data"] if strict else [])))
+  job.wait_for(r"^step 1/10")
+  for path in broken:
+    _corrupt(path, "truncated")
+  code = job.finish()
+  out = job.output()
+  assert code == 1 and "Traceback" not in out and "step 10/10" in out, out
+  expected = (f"error: corrupt image file {broken[0]} (--strict_data)" if strict else
+              "error: no image of the validation split could be read (6 corrupt or "
+              "unreadable); check --data_dir")
+  assert [line for line in out.splitlines() if line.startswith("error:")] == [expected], out
+  assert checkpoint_step(model_dir_lib.latest_checkpoint(model_dir)) == 10
 
 
-def test_mostly_broken_dataset_stops_before_training(tmp_path):
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_mostly_broken_dataset_stops_before_training(tmp_path, split):
   root = shapes.generate(str(tmp_path / "data"), num_train=12, num_validation=6, seed=9)
-  for path in _train_files(root)[:9]:
+  for path in _split_files(root, split)[:{"train": 9, "validation": 5}[split]]:
     _corrupt(path, "garbage")
   model_dir = str(tmp_path / "run")
   proc = run(args_for(model_dir, root))
