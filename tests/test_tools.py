@@ -119,6 +119,10 @@ def test_dataset_stats_cli(shapes_root, tmp_path):
   bad = _run("alexnet_tf.tools.dataset_stats", "--dataset=folder",
              f"--data_dir={tmp_path}/none", f"--output={tmp_path}/x.json")
   assert bad.returncode == 1 and "is not a folder" in bad.stderr
+  bad = _run("alexnet_tf.tools.dataset_stats", "--dataset=shapes", f"--data_dir={shapes_root}",
+             f"--output={tmp_path}/x.json", "--max_images=0")
+  assert bad.returncode == 1 and "--max_images=0 must be at least 1" in bad.stderr, bad.stderr
+  assert not os.path.exists(tmp_path / "x.json")
 
 
 GOOD = {"mean": [120.0, 110.0, 100.0], "eigenvalues": [3.0, 2.0, 1.0],

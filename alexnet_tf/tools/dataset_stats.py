@@ -139,6 +139,8 @@ def main(argv: Sequence[str]) -> None:
     raise UserError(f"unexpected arguments {argv[1:]}; all options are --flags")
   if not FLAGS.output:
     raise UserError("--output=FILE.json is required")
+  if FLAGS.max_images is not None and FLAGS.max_images < 1:
+    raise UserError(f"--max_images={FLAGS.max_images} must be at least 1 (leave it out for all)")
   if FLAGS.mean_image and not FLAGS.mean_image.endswith(".npy"):
     raise UserError(f"--mean_image={FLAGS.mean_image} must end in .npy")
   from alexnet_tf import datasets  # pylint: disable=g-import-not-at-top
