@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from alexnet_tf import preprocessing as pp
 from conftest import encode_image, smooth_image
@@ -112,6 +115,21 @@ def test_jpeg_window_decode_is_tf_decode_and_crop(fmt, subsampling):
     got = decode_window(data, tf.constant(window)).numpy()
     assert got.shape == (window[2], window[3], 3), window
     np.testing.assert_array_equal(got, expected, err_msg=str(window))
+
+
+@pytest.mark.parametrize("options", [dict(progressive=True), dict(progressive=True, subsampling=0),
+                                     dict(restart_marker_blocks=3), dict(restart_marker_rows=1)])
+def test_jpeg_window_decode_of_progressive_and_restart_marker_jpegs(options):
+  """The same for JPEGs laid out otherwise: progressive scans, restart markers."""
+  array = np.random.default_rng(5).integers(0, 256, (120, 170, 3)).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, "JPEG", quality=90, **options)
+  data = tf.constant(buffer.getvalue())
+  decode_window = pp._decode_jpeg_window  # pylint: disable=protected-access
+  for window in [(0, 0, 100, 100), (5, 16, 90, 101), (7, 17, 60, 90), (3, 47, 64, 123)]:
+    np.testing.assert_array_equal(
+        decode_window(data, tf.constant(window)).numpy(),
+        tf.image.decode_and_crop_jpeg(data, window, channels=3).numpy(), err_msg=str(window))
 
 
 def test_unresized_jpeg_decode_is_decode_for_train():
