@@ -96,6 +96,17 @@ def generate(root: str | None = None, num_train: int = DEFAULT_NUM_TRAIN,
     if extra:
       raise UserError(f"shapes data_dir {root} holds other files ({sorted(extra)[:3]}); "
                       "point --data_dir at an empty or new folder")
+  try:
+    _write(root, num_train, num_validation, seed)
+  except OSError as e:  # A read-only or full disk, a file where a folder should be.
+    raise UserError(f"cannot write the shapes dataset to {root}: {e.strerror or e} "
+                    f"({e.filename or root}); pass --data_dir (or set ${CACHE_ENV}) to a "
+                    "writable folder") from None
+  return root
+
+
+def _write(root: str, num_train: int, num_validation: int, seed: int) -> None:
+  """Renders the dataset into a temporary folder beside ROOT, then renames it to ROOT."""
   parent = os.path.dirname(root)
   os.makedirs(parent, exist_ok=True)
   tmp = f"{root}.partial-{uuid.uuid4().hex[:8]}"
@@ -112,7 +123,7 @@ def generate(root: str | None = None, num_train: int = DEFAULT_NUM_TRAIN,
       json.dump(_params(num_train, num_validation, seed), f)
     if os.path.isdir(root):
       if is_complete(root, num_train, num_validation, seed):  # Another process won the race.
-        return root
+        return
       shutil.rmtree(root, ignore_errors=True)
     try:
       os.rename(tmp, root)
@@ -121,7 +132,6 @@ def generate(root: str | None = None, num_train: int = DEFAULT_NUM_TRAIN,
         raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  return root
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -251,6 +251,15 @@ def test_shapes_default_dir(isolated_cache):
   assert shapes.default_dir() == os.path.join(isolated_cache, "shapes")
 
 
+def test_shapes_in_an_unwritable_place_is_one_sentence(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  for root in (tmp_path / "a_file" / "shapes", tmp_path / "a_file"):
+    with pytest.raises(UserError, match=f"cannot write the shapes dataset to {root}: .*; pass "
+                                        r"--data_dir \(or set \$ALEXNET_TF_CACHE\)"):
+      shapes.generate(str(root), num_train=6, num_validation=6)
+  assert sorted(os.listdir(tmp_path)) == ["a_file"]  # No partial folder left behind.
+
+
 def test_in_memory_source_errors():
   with pytest.raises(UserError):
     datasets.in_memory_source([], [])
