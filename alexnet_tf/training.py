@@ -155,19 +155,24 @@ def validate_config(config: TrainConfig) -> None:
       raise ValueError(f"--image_size must be 227 or 224; got {m['image_size']!r}.")
   except ValueError as e:
     raise UserError(str(e).replace("AlexNet: ", "--")) from e
-  _check_model_dir_writable(config.model_dir)
-
-
-def _check_model_dir_writable(path: str) -> None:
-  if not path:
+  if not config.model_dir:
     raise UserError("--model_dir is required.")
+  _check_writable_dir("model_dir", config.model_dir)
+  if config.export_dir:  # Checked now, not after the last epoch.
+    _check_writable_dir("export_dir", config.export_dir)
+
+
+def _check_writable_dir(flag: str, path: str) -> None:
+  """UserError unless `path` is a folder, or one can be created there, that we may write in."""
   if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"--model_dir {path!r} exists and is not a directory.")
+    raise UserError(f"--{flag} {path!r} exists and is not a directory.")
   parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
   while parent and not os.path.exists(parent):
     parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"--{flag} {path!r} cannot be created: {parent!r} is not a directory.")
   if not os.access(parent, os.W_OK | os.X_OK):
-    raise UserError(f"--model_dir {path!r} is not writable.")
+    raise UserError(f"--{flag} {path!r} is not writable.")
 
 
 def check_compatible(existing: dict, new: dict, model_dir: str) -> None:

@@ -254,6 +254,8 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
     (["--learning_rate=-1"], "--learning_rate must be a positive number"),
     (["--dataset=folder", "--data_dir=/nonexistent/dir"], "/nonexistent/dir"),
     (["--model_dir=/proc/forbidden/run"], "--model_dir"),
+    (["--export_dir=/dev/null/export"], "--export_dir '/dev/null/export' cannot be created: "
+                                        "'/dev/null' is not a directory."),
     (["--cpu_replicas=2"], "--cpu_replicas > 1 needs --strategy=mirrored"),
     (["--input_scale=0"], "--input_scale must be a positive number"),
     (["--dropout=1.5"], "--dropout must be in [0, 1)"),
