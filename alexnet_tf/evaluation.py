@@ -674,6 +674,8 @@ class _Progress:
 def _check_writable(path: str, flag: str) -> None:
   parent = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(parent):
+    if os.path.exists(parent):
+      raise UserError(f"{flag}={path}: {parent} is not a folder.")
     raise UserError(f"{flag}={path}: the folder {parent} does not exist.")
   if os.path.isdir(path):
     raise UserError(f"{flag}={path} is a folder; give a file name.")

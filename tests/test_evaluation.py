@@ -497,6 +497,8 @@ def test_strict_data_names_the_corrupt_file(setup, tmp_path):
     (dict(ensemble=("KERAS", "WORK/nope")), "does not exist"),
     (dict(keras_model="KERAS", split="nope"), "no folder for split 'nope'"),
     (dict(keras_model="KERAS", output_json="WORK/missing/out.json"), "does not exist"),
+    (dict(keras_model="KERAS", per_class_csv="/dev/null/x.csv"),
+     "--per_class_csv=/dev/null/x.csv: /dev/null is not a folder."),
     (dict(keras_model="KERAS", dataset="folder", data_dir="WORK/nope"), "is not a folder"),
 ])
 def test_in_process_user_errors(setup, overrides, message):
