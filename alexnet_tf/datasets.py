@@ -51,6 +51,8 @@ import glob as _glob
 import json
 import os
 import sys
+import tarfile
+import zipfile
 from typing import Callable, Sequence
 
 import tensorflow as tf
@@ -488,13 +490,18 @@ def _tfds_split_name(info, split: str) -> str:
   raise UserError(f"TFDS dataset {info.name} has no split {split!r} (it has {available})")
 
 
+def _default_manual_dir(builder) -> str:
+  """Where TFDS looks for manually downloaded archives without --manual_dir."""
+  root = getattr(builder, "_data_dir_root", None) or os.path.expanduser("~/tensorflow_datasets")
+  return os.path.join(str(root), "downloads", "manual")
+
+
 def _check_imagenet_manual(name: str, builder, manual_dir: str | None) -> None:
   if name.split(":")[0].split("/")[0] != "imagenet2012":
     return
   if _is_prepared(builder):
     return
-  root = getattr(builder, "_data_dir_root", None) or os.path.expanduser("~/tensorflow_datasets")
-  manual_dir = manual_dir or os.path.join(str(root), "downloads", "manual")
+  manual_dir = manual_dir or _default_manual_dir(builder)
   missing = [t for t in IMAGENET_TARS if not tf.io.gfile.exists(os.path.join(manual_dir, t))]
   if missing:
     raise UserError(
@@ -519,6 +526,13 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
       builder.download_and_prepare(download_config=config)
     except AssertionError as e:  # TFDS reports missing manual files this way.
       raise UserError(f"cannot prepare TFDS dataset {name}: {e}") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:  # A broken archive.
+      manual = manual_dir or _default_manual_dir(builder)
+      downloads = os.path.dirname(_default_manual_dir(builder))
+      raise UserError(f"cannot prepare TFDS dataset {name}: an archive could not be read "
+                      f"({type(e).__name__}: {e}); check the archives put in {manual} "
+                      "(--manual_dir), or delete a broken one TFDS downloaded (in "
+                      f"{downloads}) to fetch it again") from None
     except OSError as e:  # No network (requests' errors are OSErrors), a full or read-only disk.
       reason = (str(e).strip().splitlines() or [""])[0][:300]
       raise UserError(f"could not download and prepare TFDS dataset {name} in "

@@ -100,6 +100,18 @@ def test_tfds_download_failure_is_one_sentence(tmp_path, monkeypatch):
   assert "--data_dir" in msg
 
 
+def test_imagenet_with_broken_archives_is_one_sentence(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  for tar in datasets.IMAGENET_TARS:
+    (manual / tar).write_bytes(b"")
+  with pytest.raises(UserError) as e:
+    datasets.load_source("imagenet2012", "train", str(tmp_path / "data"), str(manual))
+  assert str(e.value).startswith("cannot prepare TFDS dataset imagenet2012: an archive could not "
+                                 f"be read (ReadError: empty file); check the archives put in "
+                                 f"{manual} (--manual_dir)")
+
+
 def _make_records(root, tmp_path, name="rec", num_shards=2):
   from alexnet_tf.tools import make_tfrecords
   dst = str(tmp_path / name)
