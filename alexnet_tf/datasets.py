@@ -101,6 +101,9 @@ class DatasetSource:
   # Whether `records(shuffle=True)` already shuffles all records (not only file order), so the
   # training pipeline needs no shuffle buffer.
   shuffles_records = False
+  # Whether `records()` reads one file per record: a file that cannot be read (deleted, a
+  # broken link, no permission) then fails only its record, which the pipelines can skip.
+  reads_file_per_record = False
 
   def records(self, input_context: tf.distribute.InputContext | None = None, *,
               shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
@@ -144,6 +147,7 @@ class FileListSource(DatasetSource):
   labels: list[int] = dataclasses.field(default_factory=list, repr=False)
 
   shuffles_records = True
+  reads_file_per_record = True
 
   def records(self, input_context=None, *, shuffle=False, seed=None):
     n, i = _shard(input_context)

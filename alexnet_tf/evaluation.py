@@ -608,17 +608,17 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = log_line) -> dict:
   image_size = loaded[0].image_size
   dist = make_eval_dataset(source, strategy, config.batch_size, image_size,
                            ten_crop=config.ten_crop, strict=config.strict_data)
-  counter = input_pipeline.corrupt_counter("eval")
-  counter.pop()
   chief = distribute.is_chief(strategy)
   progress = _Progress(source.num_examples, log if chief else None)
   try:
     result = evaluate_model([m.model for m in loaded], dist, strategy,
                             num_classes=loaded[0].num_classes, collect_predictions=True,
                             progress=progress)
-  except tf.errors.InvalidArgumentError as e:
+  except input_pipeline.DATA_ERRORS as e:
     input_pipeline.raise_strict_data_error(e, config.strict_data)
-  skipped = counter.pop()
+  # Every record is read once over all pipelines (all workers): the others were corrupt or
+  # could not be read.
+  skipped = source.num_examples - result["num_images"]
   if result["num_images"] == 0:
     raise UserError(f"no image of --dataset={dataset} split {config.split!r} could be "
                     f"evaluated ({skipped} of {source.num_examples} were corrupt or "

@@ -61,6 +61,9 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
    `tf.errors.InvalidArgumentError` whose message contains "corrupt image file" and the file
    name (from the check), or TF's decode error (no `ignore_errors()` in strict mode).
    `raise_strict_data_error` re-raises either as one sentence (train.py and evaluate.py do).
+4. A file that cannot be read at all (a folder source's broken link, deleted or unreadable
+   file) has no bytes to check: `source_records` drops its record (TF logs a warning naming
+   it), uncounted; with `strict` it raises NotFoundError/PermissionDeniedError (`DATA_ERRORS`).
 
 Reading the count in a training loop (counters are per process and shared by all pipelines
 built with the same counter; by default `corrupt_counter("train")` for training pipelines and
@@ -285,6 +288,23 @@ def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter,
     return tf.identity(record["image"])
 
 
+# What a pipeline raises for bad data: a record that failed the check, an undecodable image, a
+# file that cannot be read (`strict=True`; otherwise such records are skipped).
+DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+               tf.errors.PermissionDeniedError)
+
+
+def source_records(source: DatasetSource, input_context=None, *, shuffle: bool = False,
+                   seed: int | None = None, strict: bool = False) -> tf.data.Dataset:
+  """`source.records(...)`; unless `strict`, without the records whose file cannot be read
+  (deleted, a broken link, no permission: TF logs each, naming the file; they are not counted
+  as corrupt, since no bytes reach the check)."""
+  ds = source.records(input_context, shuffle=shuffle, seed=seed)
+  if source.reads_file_per_record and not strict:
+    ds = ds.ignore_errors(log_warning=True)
+  return ds
+
+
 def check_in_groups(records: tf.data.Dataset) -> tf.data.Dataset:
   """`records` in groups of `CHECK_GROUP`, each with its records' "valid" flags
   (`with_validity`): the check costs a few ops per group rather than a few dozen per record."""
@@ -491,7 +511,7 @@ def build_train_dataset(source: DatasetSource, batch_size: int, image_size: int 
   counter_key = next(_PIPELINE_KEYS)
   _, pipeline_id = _shard(input_context)
   aug_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-  ds = source.records(input_context, shuffle=True, seed=seed)
+  ds = source_records(source, input_context, shuffle=True, seed=seed, strict=strict)
   if not source.shuffles_records and shuffle_buffer > 1:
     ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1 + pipeline_id,
                     reshuffle_each_iteration=True)
@@ -562,7 +582,7 @@ def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int =
     image.set_shape(shape)
     return image, record["label"]
 
-  ds = check_in_groups(source.records(input_context))
+  ds = check_in_groups(source_records(source, input_context, strict=strict))
   ds = decode_groups(ds, _decode, strict=strict, deterministic=True)
   return _finish(ds, batch_size, False, True).prefetch(_AUTOTUNE)
 
@@ -570,6 +590,7 @@ def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int =
 _STRICT_CORRUPT = re.compile(r"assertion failed: \[corrupt image file \(--strict_data\):\] "
                              r"\[(.*)\]$", re.MULTILINE)
 _PIPELINE_ERROR = re.compile(r"transformation with iterator: \S+: (.*)$", re.MULTILINE)
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
 def strict_data_error(error: tf.errors.OpError) -> UserError | None:
@@ -577,7 +598,8 @@ def strict_data_error(error: tf.errors.OpError) -> UserError | None:
 
   A record that failed the check: "corrupt image file NAME (--strict_data)", as `check_source`
   says it. An image that passed the check but could not be decoded: TF's reason (its message
-  does not name the file). Anything not raised inside a tf.data pipeline: None.
+  does not name the file). A file that could not be read: TF's reason (with the file name).
+  Anything else: None.
   """
   message = str(error)
   corrupt = _STRICT_CORRUPT.search(message)
@@ -585,12 +607,16 @@ def strict_data_error(error: tf.errors.OpError) -> UserError | None:
     return UserError(f"corrupt image file {corrupt.group(1)} (--strict_data)")
   failed = _PIPELINE_ERROR.search(message)
   if failed:
-    return UserError(f"an image could not be decoded (--strict_data): {failed.group(1)}; "
-                     "rerun without --strict_data to skip and count such files")
-  return None
+    reason = failed.group(1)
+  elif isinstance(error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError)):
+    reason = _FUNCTION_NODE.sub("", message.strip().splitlines()[0])  # "PATH; No such file …"
+  else:
+    return None
+  return UserError(f"an image could not be read or decoded (--strict_data): {reason}; rerun "
+                   "without --strict_data to skip such files")
 
 
-def raise_strict_data_error(error: tf.errors.InvalidArgumentError, strict: bool) -> NoReturn:
+def raise_strict_data_error(error: tf.errors.OpError, strict: bool) -> NoReturn:
   """Re-raises `error`, caught from a loop over pipelines built with `strict`: then as its
   one-sentence UserError where it is a data error (`strict_data_error`); else as it is."""
   data_error = strict_data_error(error) if strict else None
@@ -639,26 +665,35 @@ def check_source(source: DatasetSource, *, sample_size: int | None = 256,
       record of the sample is corrupt (naming it), or when a record's stored size is not its
       image's (naming it).
   """
-  ds = source.records(shuffle=sample_size is not None, seed=seed)
+  ds = source_records(source, shuffle=sample_size is not None, seed=seed, strict=strict)
   if sample_size is not None:
     ds = ds.take(sample_size)
   checked, bad = 0, []
-  for record in ds:
-    checked += 1
-    ok = bool(is_valid_image(record["image"]))
-    name = record["filename"].numpy().decode("utf-8", "replace")
-    if ok:
-      try:
-        shape = _full_decode(record["image"]).numpy()[:2].tolist()
-      except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-        ok = False
-      else:
-        _check_stored_size(record, shape, name)
-    if not ok:
-      if strict:
-        raise UserError(f"corrupt image file {name} (--strict_data)")
-      bad.append(name)
+  try:
+    for record in ds:
+      checked += 1
+      bad += _check_record(record, strict)
+  except DATA_ERRORS as e:  # strict: a file that cannot be read.
+    raise_strict_data_error(e, strict)
   if checked == 0:
     raise UserError(f"dataset {source.name} split {source.split} has no records")
   check_corrupt_fraction(len(bad), checked, threshold, bad)
   return SourceCheck(checked, len(bad), bad)
+
+
+def _check_record(record: dict, strict: bool) -> list[str]:
+  """[the record's name] if it is corrupt (UserError with `strict`), else []."""
+  ok = bool(is_valid_image(record["image"]))
+  name = record["filename"].numpy().decode("utf-8", "replace")
+  if ok:
+    try:
+      shape = _full_decode(record["image"]).numpy()[:2].tolist()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+      ok = False
+    else:
+      _check_stored_size(record, shape, name)
+  if ok:
+    return []
+  if strict:
+    raise UserError(f"corrupt image file {name} (--strict_data)")
+  return [name]

@@ -371,7 +371,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
         except tf.errors.OutOfRangeError as e:
           raise UserError(f"the {config.train_split} split ran out of images at step "
                           f"{step + 1}; too many unreadable files?") from e
-        except tf.errors.InvalidArgumentError as e:
+        except input_pipeline.DATA_ERRORS as e:
           # check_source decoded only a sample: with --strict_data a bad file can stop us here.
           input_pipeline.raise_strict_data_error(e, config.strict_data)
         step += 1
@@ -407,7 +407,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
         try:
           val = evaluate_model(model, make_val_dataset(), strategy,
                                num_classes=model_config["classes"])
-        except tf.errors.InvalidArgumentError as e:
+        except input_pipeline.DATA_ERRORS as e:
           input_pipeline.raise_strict_data_error(e, config.strict_data)
         val_skipped = val_corrupt.pop()
         if val["num_images"] == 0:

@@ -478,11 +478,14 @@ def test_strict_data_names_the_corrupt_file(setup, tmp_path):
     f.write(b"not an image")
   config = evaluation.EvalConfig(keras_model=setup["paths"]["a"], dataset="folder",
                                  data_dir=str(root), batch_size=4)
-  result = evaluation.evaluate(config, log=lambda _: None)
-  assert result["corrupt_images_skipped"] == 1
   with pytest.raises(UserError) as e:
     evaluation.evaluate(dataclasses.replace(config, strict_data=True), log=lambda _: None)
   assert str(e.value) == f"corrupt image file {bad} (--strict_data)"
+  # Without --strict_data the corrupt file and a broken link are skipped and counted.
+  os.symlink(str(root / "nowhere.jpg"), str(root / "validation" / CLASSES[0] / "gone.jpg"))
+  result = evaluation.evaluate(config, log=lambda _: None)
+  assert result["corrupt_images_skipped"] == 2
+  assert result["num_images"] == result["num_examples"] - 2 == NUM_VALIDATION
 
 
 @pytest.mark.parametrize("overrides, message", [

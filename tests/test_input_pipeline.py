@@ -227,11 +227,36 @@ def test_strict_data_error_is_one_sentence(corrupt_folder, image_folder):
     f.write(b"\xff\xd8\xff\xe0 not a JPEG body \xff\xd9")
   error = _strict_error(ip.build_eval_dataset(datasets.load_source("folder", "train", root), 2,
                                                strict=True))
-  assert str(error).startswith("an image could not be decoded (--strict_data): Invalid JPEG")
+  assert str(error).startswith("an image could not be read or decoded (--strict_data): "
+                               "Invalid JPEG")
   # Not from a pipeline: not a data error.
   with pytest.raises(tf.errors.InvalidArgumentError) as e:
     tf.reshape(tf.zeros([3]), [2])
   assert ip.strict_data_error(e.value) is None
+
+
+def test_a_file_that_cannot_be_read_is_skipped_or_named(image_folder):
+  """A broken link (or a file deleted, or not readable) fails only its own record: skipped
+  without --strict_data, with it an error naming the file."""
+  root = image_folder(classes=("a", "b"), per_class=3, splits=("train",))
+  link = os.path.join(root, "train", "a", "gone.jpg")
+  os.symlink(os.path.join(root, "nowhere.jpg"), link)
+  src = datasets.load_source("folder", "train", root)
+  assert src.num_examples == 7
+  assert ip.check_source(src).num_checked == 6
+  train = ip.build_train_dataset(src, 2, seed=0, repeat=False, finish_in_step=True)
+  assert sum(int(labels.shape[0]) for _, labels in train) == 6
+  assert sum(int(labels.shape[0]) for _, labels in ip.build_eval_dataset(src, 4)) == 6
+  expected = (f"an image could not be read or decoded (--strict_data): {link}; No such file or "
+              "directory; rerun without --strict_data to skip such files")
+  with pytest.raises(UserError) as e:
+    ip.check_source(src, strict=True)
+  assert str(e.value) == expected
+  for ds in (ip.build_train_dataset(src, 2, strict=True, repeat=False),
+             ip.build_eval_dataset(src, 4, strict=True)):
+    with pytest.raises(ip.DATA_ERRORS) as e:
+      list(ds)
+    assert str(ip.strict_data_error(e.value)) == expected
 
 
 def test_eval_keeps_the_record_order_across_groups(train_source):

@@ -64,7 +64,7 @@ def compute_stats(source, *, mean_image: bool = False, max_images: int | None = 
     pixels = tf.reshape(image, [-1, 3])
     return image, tf.reduce_sum(pixels, 0), tf.matmul(pixels, pixels, transpose_a=True)
 
-  ds = source.records()
+  ds = input_pipeline.source_records(source)
   if max_images:
     ds = ds.take(max_images)
   ds = input_pipeline.decode_groups(input_pipeline.check_in_groups(ds), per_image, strict=False,
