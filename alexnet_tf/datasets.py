@@ -234,6 +234,18 @@ class TFRecordSource(DatasetSource):
     # cost as much as a small JPEG's decode in tf.data; benchmarks/RESULTS.md).
     return ds.batch(_PARSE_BATCH).map(_parse_examples).unbatch()
 
+  def first_damaged_file(self) -> str | None:
+    """The first file that cannot be read to its end (a truncated or corrupted shard), if any.
+
+    Reads every file once: for the error path, not for every run.
+    """
+    for path in self.files:
+      try:
+        tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+      except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
+        return path
+    return None
+
   def shard_num_examples(self, input_context=None):
     n, i = _shard(input_context)
     if n > 1 and self._by_file(n) and self.file_counts is not None:

@@ -616,6 +616,8 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = log_line) -> dict:
                             progress=progress)
   except input_pipeline.DATA_ERRORS as e:
     input_pipeline.raise_strict_data_error(e, config.strict_data)
+  except tf.errors.DataLossError as e:
+    raise input_pipeline.damaged_data_error(source, e) from None
   # Every record is read once over all pipelines (all workers): the others were corrupt or
   # could not be read.
   skipped = source.num_examples - result["num_images"]

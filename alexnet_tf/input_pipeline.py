@@ -625,6 +625,18 @@ def raise_strict_data_error(error: tf.errors.OpError, strict: bool) -> NoReturn:
   raise error
 
 
+def damaged_data_error(source: DatasetSource, error: tf.errors.DataLossError) -> UserError:
+  """The one-sentence error for a damaged data file of `source` (a truncated TFRecord shard):
+  not one record's image, so it cannot be skipped like a corrupt record. Names the file where
+  the source can find it (`TFRecordSource.first_damaged_file` reads each file once)."""
+  reason = _FUNCTION_NODE.sub("", str(error).strip().splitlines()[0]).split(" [Op:")[0]
+  find = getattr(source, "first_damaged_file", None)
+  damaged = find() if find else None
+  where = f"TFRecord file {damaged}" if damaged else f"a data file of --dataset={source.name}"
+  return UserError(f"{where} is damaged ({reason.strip()}); write it again (e.g. with "
+                   "python -m alexnet_tf.tools.make_tfrecords) or remove it")
+
+
 @dataclasses.dataclass
 class SourceCheck:
   """Result of `check_source`."""
@@ -675,6 +687,8 @@ def check_source(source: DatasetSource, *, sample_size: int | None = 256,
       bad += _check_record(record, strict)
   except DATA_ERRORS as e:  # strict: a file that cannot be read.
     raise_strict_data_error(e, strict)
+  except tf.errors.DataLossError as e:
+    raise damaged_data_error(source, e) from None
   if checked == 0:
     raise UserError(f"dataset {source.name} split {source.split} has no records")
   check_corrupt_fraction(len(bad), checked, threshold, bad)

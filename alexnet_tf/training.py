@@ -374,6 +374,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
         except input_pipeline.DATA_ERRORS as e:
           # check_source decoded only a sample: with --strict_data a bad file can stop us here.
           input_pipeline.raise_strict_data_error(e, config.strict_data)
+        except tf.errors.DataLossError as e:
+          raise input_pipeline.damaged_data_error(train_source, e) from None
         step += 1
         images_this_epoch += config.batch_size
         window_images += config.batch_size
@@ -409,6 +411,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                                num_classes=model_config["classes"])
         except input_pipeline.DATA_ERRORS as e:
           input_pipeline.raise_strict_data_error(e, config.strict_data)
+        except tf.errors.DataLossError as e:
+          raise input_pipeline.damaged_data_error(val_source, e) from None
         val_skipped = val_corrupt.pop()
         if val["num_images"] == 0:
           if manager.last_saved_step != step:

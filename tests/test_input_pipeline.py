@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -257,6 +258,30 @@ def test_a_file_that_cannot_be_read_is_skipped_or_named(image_folder):
     with pytest.raises(ip.DATA_ERRORS) as e:
       list(ds)
     assert str(ip.strict_data_error(e.value)) == expected
+
+
+def test_a_damaged_tfrecord_shard_is_named(image_folder, tmp_path):
+  """A truncated shard is not one bad record that could be skipped: one sentence naming it."""
+  from alexnet_tf.tools import make_tfrecords
+  root = image_folder(classes=("a", "b"), per_class=3, splits=("train",))
+  dst = str(tmp_path / "records")
+  make_tfrecords.convert(root, dst, num_shards=2, log=lambda _: None)
+  damaged = os.path.join(dst, "train-00001-of-00002.tfrecord")
+  data = open(damaged, "rb").read()
+  with open(damaged, "wb") as f:
+    f.write(data[:len(data) * 2 // 3])
+  src = datasets.load_source("tfrecord", "train", dst)  # Counts from metadata.json: no read.
+  assert src.first_damaged_file() == damaged
+  message = f"TFRecord file {damaged} is damaged (truncated record at "
+  with pytest.raises(UserError, match=re.escape(message)):
+    ip.check_source(src, sample_size=None)
+  with pytest.raises(tf.errors.DataLossError) as e:
+    list(ip.build_eval_dataset(src, 4))
+  assert str(ip.damaged_data_error(src, e.value)).startswith(message)
+  # A source that cannot say which file: the dataset's name instead.
+  folder = datasets.load_source("folder", "train", root)
+  assert str(ip.damaged_data_error(folder, e.value)).startswith(
+      "a data file of --dataset=folder is damaged (truncated record at ")
 
 
 def test_eval_keeps_the_record_order_across_groups(train_source):
