@@ -632,9 +632,11 @@ def damaged_data_error(source: DatasetSource, error: tf.errors.DataLossError) ->
   reason = _FUNCTION_NODE.sub("", str(error).strip().splitlines()[0]).split(" [Op:")[0]
   find = getattr(source, "first_damaged_file", None)
   damaged = find() if find else None
-  where = f"TFRecord file {damaged}" if damaged else f"a data file of --dataset={source.name}"
-  return UserError(f"{where} is damaged ({reason.strip()}); write it again (e.g. with "
-                   "python -m alexnet_tf.tools.make_tfrecords) or remove it")
+  if damaged:
+    return UserError(f"TFRecord file {damaged} is damaged ({reason.strip()}); write it again "
+                     "(e.g. with python -m alexnet_tf.tools.make_tfrecords) or remove it")
+  return UserError(f"a data file of --dataset={source.name} is damaged ({reason.strip()}); "
+                   "prepare the dataset again")
 
 
 @dataclasses.dataclass
