@@ -242,7 +242,7 @@ class TFRecordSource(DatasetSource):
     for path in self.files:
       try:
         tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
-      except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
+      except tf.errors.DataLossError:
         return path
     return None
 
@@ -543,12 +543,12 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
     except AssertionError as e:  # TFDS reports missing manual files this way.
       raise UserError(f"cannot prepare TFDS dataset {name}: {e}") from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:  # A broken archive.
-      manual = manual_dir or _default_manual_dir(builder)
-      downloads = os.path.dirname(_default_manual_dir(builder))
+      default_manual = _default_manual_dir(builder)
       raise UserError(f"cannot prepare TFDS dataset {name}: an archive could not be read "
-                      f"({type(e).__name__}: {e}); check the archives put in {manual} "
-                      "(--manual_dir), or delete a broken one TFDS downloaded (in "
-                      f"{downloads}) to fetch it again") from None
+                      f"({type(e).__name__}: {e}); check the archives put in "
+                      f"{manual_dir or default_manual} (--manual_dir), or delete a broken one "
+                      f"TFDS downloaded (in {os.path.dirname(default_manual)}) to fetch it "
+                      "again") from None
     except OSError as e:  # No network (requests' errors are OSErrors), a full or read-only disk.
       reason = (str(e).strip().splitlines() or [""])[0][:300]
       raise UserError(f"could not download and prepare TFDS dataset {name} in "

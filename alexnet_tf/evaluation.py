@@ -615,9 +615,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = log_line) -> dict:
                             num_classes=loaded[0].num_classes, collect_predictions=True,
                             progress=progress)
   except input_pipeline.DATA_ERRORS as e:
-    input_pipeline.raise_strict_data_error(e, config.strict_data)
-  except tf.errors.DataLossError as e:
-    raise input_pipeline.damaged_data_error(source, e) from None
+    input_pipeline.raise_data_error(e, source, config.strict_data)
   # Every record is read once over all pipelines (all workers): the others were corrupt or
   # could not be read.
   skipped = source.num_examples - result["num_images"]

@@ -60,7 +60,7 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
 3. With `strict=True` (`--strict_data`) a failing record raises instead:
    `tf.errors.InvalidArgumentError` whose message contains "corrupt image file" and the file
    name (from the check), or TF's decode error (no `ignore_errors()` in strict mode).
-   `raise_strict_data_error` re-raises either as one sentence (train.py and evaluate.py do).
+   `raise_data_error` re-raises either as one sentence (train.py and evaluate.py do).
 4. A file that cannot be read at all (a folder source's broken link, deleted or unreadable
    file) has no bytes to check: `source_records` drops its record (TF logs a warning naming
    it), uncounted; with `strict` it raises NotFoundError/PermissionDeniedError (`DATA_ERRORS`).
@@ -201,13 +201,11 @@ class CorruptCounter:
     check_corrupt_fraction(self.total, max(num_records, self.records_read), threshold,
                            self.recent_files)
 
-  def _py_record(self, filename: tf.Tensor, position: tf.Tensor | None = None,
-                 pipeline: int = 0) -> tf.Tensor:
-    def _fn(name, *pos):
-      self.record(name.numpy(), int(pos[0].numpy()) if pos else 0, pipeline)
+  def _py_record(self, filename: tf.Tensor, position: tf.Tensor, pipeline: int) -> tf.Tensor:
+    def _fn(name, pos):
+      self.record(name.numpy(), int(pos.numpy()), pipeline)
       return np.bool_(False)
-    return tf.py_function(_fn, [filename] + ([] if position is None else [position]),
-                          Tout=tf.bool)
+    return tf.py_function(_fn, [filename, position], Tout=tf.bool)
 
 
 _COUNTERS: dict[str, CorruptCounter] = {}
@@ -283,15 +281,17 @@ def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter,
     what = "corrupt image file, skipped:"
     ok = tf.cond(ok, lambda: tf.constant(True),
                  lambda: counter._py_record(  # pylint: disable=protected-access
-                     record["filename"], record.get("position"), pipeline))
+                     record["filename"], record.get("position", tf.constant(0, tf.int64)),
+                     pipeline))
   with tf.control_dependencies([tf.debugging.Assert(ok, [what, record["filename"]])]):
     return tf.identity(record["image"])
 
 
 # What a pipeline raises for bad data: a record that failed the check, an undecodable image, a
-# file that cannot be read (`strict=True`; otherwise such records are skipped).
+# file that cannot be read (these three with `strict=True`; otherwise such records are
+# skipped), a damaged TFRecord shard (always). `raise_data_error` words them.
 DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-               tf.errors.PermissionDeniedError)
+               tf.errors.PermissionDeniedError, tf.errors.DataLossError)
 
 
 def source_records(source: DatasetSource, input_context=None, *, shuffle: bool = False,
@@ -616,9 +616,12 @@ def strict_data_error(error: tf.errors.OpError) -> UserError | None:
                    "without --strict_data to skip such files")
 
 
-def raise_strict_data_error(error: tf.errors.OpError, strict: bool) -> NoReturn:
-  """Re-raises `error`, caught from a loop over pipelines built with `strict`: then as its
-  one-sentence UserError where it is a data error (`strict_data_error`); else as it is."""
+def raise_data_error(error: tf.errors.OpError, source: DatasetSource, strict: bool) -> NoReturn:
+  """Re-raises one of `DATA_ERRORS`, caught from a loop over pipelines of `source` built with
+  `strict`, as its one-sentence UserError (`damaged_data_error`, `strict_data_error`) where it
+  is a data error; else as it is."""
+  if isinstance(error, tf.errors.DataLossError):
+    raise damaged_data_error(source, error) from None
   data_error = strict_data_error(error) if strict else None
   if data_error is not None:
     raise data_error from None
@@ -687,10 +690,8 @@ def check_source(source: DatasetSource, *, sample_size: int | None = 256,
     for record in ds:
       checked += 1
       bad += _check_record(record, strict)
-  except DATA_ERRORS as e:  # strict: a file that cannot be read.
-    raise_strict_data_error(e, strict)
-  except tf.errors.DataLossError as e:
-    raise damaged_data_error(source, e) from None
+  except DATA_ERRORS as e:  # A damaged shard; strict: a file that cannot be read.
+    raise_data_error(e, source, strict)
   if checked == 0:
     raise UserError(f"dataset {source.name} split {source.split} has no records")
   check_corrupt_fraction(len(bad), checked, threshold, bad)

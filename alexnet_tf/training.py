@@ -373,9 +373,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                           f"{step + 1}; too many unreadable files?") from e
         except input_pipeline.DATA_ERRORS as e:
           # check_source decoded only a sample: with --strict_data a bad file can stop us here.
-          input_pipeline.raise_strict_data_error(e, config.strict_data)
-        except tf.errors.DataLossError as e:
-          raise input_pipeline.damaged_data_error(train_source, e) from None
+          input_pipeline.raise_data_error(e, train_source, config.strict_data)
         step += 1
         images_this_epoch += config.batch_size
         window_images += config.batch_size
@@ -410,9 +408,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
           val = evaluate_model(model, make_val_dataset(), strategy,
                                num_classes=model_config["classes"])
         except input_pipeline.DATA_ERRORS as e:
-          input_pipeline.raise_strict_data_error(e, config.strict_data)
-        except tf.errors.DataLossError as e:
-          raise input_pipeline.damaged_data_error(val_source, e) from None
+          input_pipeline.raise_data_error(e, val_source, config.strict_data)
         val_skipped = val_corrupt.pop()
         if val["num_images"] == 0:
           if manager.last_saved_step != step:
