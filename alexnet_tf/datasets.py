@@ -15,7 +15,9 @@ Kinds of `dataset`:
   (`tfds.decode.SkipDecoding`). Split `validation` falls back to TFDS's `test` split when there
   is no `validation`; a dataset with only a `train` split (tf_flowers) is split 90%/10%
   (`train[:90%]` / `train[90%:]`). "filename" is the dataset's `file_name` feature when it has
-  one, else the TFDS record id.
+  one, else the TFDS record id. The image feature must be a `tfds.features.Image` of uint8 or
+  uint16 (encoded JPEG/PNG) and the label a `ClassLabel`; other datasets are refused when they
+  load (raw pixel tensors, float images, labels without a class count).
 - `folder`: `data_dir=ROOT` with ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif} (the TFDS
   ImageFolder layout). Split `validation` also accepts folders named `val` or `test`. Class names
   are the sorted folder names of ROOT/train (of the split itself when there is no train folder);
@@ -55,6 +57,7 @@ import tarfile
 import zipfile
 from typing import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import shapes as _shapes
@@ -565,9 +568,10 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   if image_key not in features or label_key not in features:
     raise UserError(f"TFDS dataset {name} is not an image classification dataset "
                     f"(no {image_key!r}/{label_key!r} features)")
+  _check_tfds_features(name, features[image_key], image_key, features[label_key], label_key)
   tfds_split = _tfds_split_name(info, split)
   label_feature = features[label_key]
-  num_classes = int(getattr(label_feature, "num_classes", 0) or 0)
+  num_classes = int(label_feature.num_classes)
   class_names = list(label_feature.names) if getattr(label_feature, "names", None) else None
   try:
     num_examples = int(info.splits[tfds_split].num_examples)
@@ -579,6 +583,27 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   return TFDSSource(name=name, split=split, num_examples=num_examples,
                     num_classes=num_classes, class_names=class_names, builder=builder,
                     tfds_split=tfds_split, image_key=image_key, label_key=label_key)
+
+
+def _check_tfds_features(name: str, image_feature, image_key: str, label_feature,
+                         label_key: str) -> None:
+  """Refuses features the pipeline cannot use: it needs encoded images and ClassLabel labels."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if (not isinstance(image_feature, tfds.features.Image)
+      or image_feature.np_dtype not in (np.uint8, np.uint16)):
+    # A Tensor feature holds raw pixels (often not RGB: multispectral bands), and a float32
+    # Image is stored as packed bytes in a 4-channel PNG; neither decodes to the image.
+    kind = type(image_feature).__name__
+    if isinstance(image_feature, tfds.features.Image):
+      kind += f" of {np.dtype(image_feature.np_dtype).name}"
+    raise UserError(f"TFDS dataset {name}: its {image_key!r} feature is tfds.features.{kind}, "
+                    "but this package reads images stored as tfds.features.Image of uint8 or "
+                    "uint16 (encoded JPEG/PNG); export the images to a folder or to TFRecords")
+  if not isinstance(label_feature, tfds.features.ClassLabel) or not label_feature.num_classes:
+    raise UserError(f"TFDS dataset {name}: its {label_key!r} feature is tfds.features."
+                    f"{type(label_feature).__name__}, not a ClassLabel with its number of "
+                    "classes, which the model needs; use a ClassLabel in the dataset's builder, "
+                    "or export it to TFRecords (labels 0..N-1)")
 
 
 def _is_prepared(builder) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import datasets, shapes
+from alexnet_tf import datasets, input_pipeline, shapes
 from alexnet_tf.errors import UserError
 from conftest import encode_image, smooth_image
 
@@ -177,6 +177,69 @@ def test_tfds_mock_source():
     recs = _all(ds)
     assert len(recs) == 5
     assert all(tf.io.decode_image(r["image"]).shape[-1] == 3 for r in recs)
+
+
+def _tfds_builder(builder_name, image_feature, label_feature, images):
+  """A real TFDS builder class of one train split holding `images` (label i % 2)."""
+  import tensorflow_datasets as tfds
+
+  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+    name = builder_name
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": image_feature, "label": label_feature}), supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, image in enumerate(images):
+        yield i, {"image": image, "label": i % 2}
+
+  return Builder
+
+
+def test_tfds_dataset_prepared_locally(tmp_path):
+  """A TFDS dataset read by name from --data_dir (no code registered): greyscale 28×28 PNGs,
+  only a train split, as MNIST-like datasets and tf_flowers have."""
+  import tensorflow_datasets as tfds
+  images = [np.full((28, 28, 1), 10 * i, np.uint8) for i in range(20)]
+  builder = _tfds_builder("alexnet_tf_test_grey", tfds.features.Image(shape=(28, 28, 1)),
+                          tfds.features.ClassLabel(names=["even", "odd"]), images)
+  builder(data_dir=str(tmp_path)).download_and_prepare()
+  src = datasets.load_source("alexnet_tf_test_grey", "validation", str(tmp_path))
+  assert (src.tfds_split, src.num_examples, src.class_names) == ("train[90%:]", 2, ["even", "odd"])
+  assert src.records().element_spec == SPEC
+  batches = list(input_pipeline.build_eval_dataset(src, batch_size=2))
+  assert len(batches) == 1
+  pixels, labels = batches[0][0].numpy(), batches[0][1].numpy()
+  assert pixels.shape == (2, 227, 227, 3)
+  for image, label in zip(pixels, labels):  # Upscaled and made RGB: image i is grey 10 * i.
+    assert np.all(image == image[0, 0, 0]) and image[0, 0, 0] % 10 == 0
+    assert label == image[0, 0, 0] // 10 % 2
+
+
+@pytest.mark.parametrize("image_feature, label_feature, message", [
+    (lambda f: f.Tensor(shape=(8, 8, 3), dtype=np.uint8), lambda f: f.ClassLabel(num_classes=2),
+     r"its 'image' feature is tfds.features.Tensor, but .* reads .*tfds.features.Image of uint8"),
+    (lambda f: f.Image(shape=(8, 8, 1), dtype=np.float32), lambda f: f.ClassLabel(num_classes=2),
+     r"its 'image' feature is tfds.features.Image of float32, but"),
+    (lambda f: f.Image(shape=(8, 8, 3)), lambda f: f.Tensor(shape=(), dtype=np.int64),
+     r"its 'label' feature is tfds.features.Tensor, not a ClassLabel with its number of"),
+], ids=["raw pixel tensor", "float32 image", "tensor label"])
+def test_tfds_dataset_the_pipeline_cannot_read_is_refused(tmp_path, image_feature, label_feature,
+                                                          message):
+  """Raw pixel tensors, float images (packed bytes in a PNG) and labels without a class count
+  would otherwise give a traceback mid-pipeline, or worse, garbage pixels."""
+  import tensorflow_datasets as tfds
+  image = image_feature(tfds.features)
+  value = np.zeros(image.shape, image.np_dtype)
+  _tfds_builder("alexnet_tf_test_unusable", image, label_feature(tfds.features),
+                [value, value])(data_dir=str(tmp_path)).download_and_prepare()
+  with pytest.raises(UserError, match="TFDS dataset alexnet_tf_test_unusable: " + message):
+    datasets.load_source("alexnet_tf_test_unusable", "train", str(tmp_path))
 
 
 def test_same_element_spec_everywhere(image_folder, tmp_path, shapes_root):
