@@ -34,7 +34,10 @@ Kinds of `dataset`:
   give 1001 classes, as in the Model Garden). Record counts come from
   `metadata.json` next to the files (written by `python -m alexnet_tf.tools.make_tfrecords`)
   or, without it, from one pass over the labels. A directory's files of the split that its
-  `metadata.json` does not list are an error (not read silently; a glob reads them).
+  `metadata.json` does not list are an error (not read silently; a glob reads them). Files of
+  another convention (TFDS's own, with `image` and `label`) are refused when they load, by their
+  first record; a record that is not an image record found later (records are parsed in
+  batches, so it cannot be skipped like a corrupt image) stops the run, named FILE:K.
 - `shapes`: the built-in generated dataset (`alexnet_tf.shapes`); `data_dir` is its cache folder
   (default $ALEXNET_TF_CACHE/shapes or ~/.cache/alexnet_tf/shapes), generated on first use
   (3000 train / 600 validation images, 6 classes); a complete shapes dataset of another size
@@ -52,6 +55,7 @@ import dataclasses
 import glob as _glob
 import json
 import os
+import re
 import sys
 import tarfile
 import zipfile
@@ -249,6 +253,13 @@ class TFRecordSource(DatasetSource):
         return path
     return None
 
+  def first_malformed_record(self) -> tuple[str, str] | None:
+    """The first record that is not an image record, as ("FILE:K", why), if any.
+
+    Reads every record once: for the error path, not for every run.
+    """
+    return first_malformed_record(self.files)
+
   def shard_num_examples(self, input_context=None):
     n, i = _shard(input_context)
     if n > 1 and self._by_file(n) and self.file_counts is not None:
@@ -266,6 +277,77 @@ _FEATURES = {
     "image/height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "image/width": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
+
+
+# What parsing a record that is not an image record raises. TF quotes a record that is not a
+# tf.train.Example in its message, and Python cannot decode a message that is not UTF-8.
+PARSE_ERRORS = (tf.errors.InvalidArgumentError, UnicodeDecodeError)
+
+
+def parse_error_reason(error: Exception) -> str:
+  """TF's reason a tf.train.Example did not parse (one of `PARSE_ERRORS`), without its graph
+  context ("Key: image/encoded, Data types don't match. ..." or "Feature: image/encoded (...) is
+  required but could not be found.")."""
+  if isinstance(error, UnicodeDecodeError):
+    return "not a tf.train.Example"
+  found = re.search(r"(?:Key|Feature): .*", error.message)
+  reason = found.group(0) if found else error.message.strip().splitlines()[0]
+  return " ".join(re.sub(r"Index: \d+\.|\[Op:.*", "", reason).split())
+
+
+def first_malformed_record(files: Sequence[str]) -> tuple[str, str] | None:
+  """The first record of `files` that is not an image record (`_FEATURES`), as ("FILE:K", why),
+  if any. Reads every record once: for the error path."""
+  for path in files:
+    start = 0
+    try:
+      for batch in tf.data.TFRecordDataset(path).batch(1024):
+        try:
+          tf.io.parse_example(batch, _FEATURES)
+        except PARSE_ERRORS:
+          for k, record in enumerate(batch):
+            try:
+              tf.io.parse_example(record[None], _FEATURES)
+            except PARSE_ERRORS as e:
+              return f"{path}:{start + k}", parse_error_reason(e)
+        start += int(batch.shape[0])
+    except tf.errors.DataLossError:  # A damaged shard: `first_damaged_file` names it.
+      continue
+  return None
+
+
+def malformed_record_error(name: str, reason: str) -> UserError:
+  """The one-sentence error for TFRecord record `name` ("FILE:K") that is not an image record."""
+  return UserError(f"TFRecord record {name} is not an image record ({reason}): each needs "
+                   "image/encoded (bytes) and image/class/label (int64); write it again or "
+                   "remove its file")
+
+
+def _check_first_record(path: str) -> None:
+  """Refuses TFRecords of another convention (TFDS's own files, say) before anything reads them:
+  one record, the first of the first file, is enough to tell."""
+  try:
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path).take(1)]
+  except tf.errors.OpError as e:
+    raise UserError(f"cannot read TFRecord file {path}: {e.message.splitlines()[0]}") from None
+  if not records:
+    return
+  try:  # protobuf first: TF's parser would log the whole record were it not an Example.
+    keys = sorted(tf.train.Example.FromString(records[0]).features.feature)
+  except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
+    keys, reason = None, "it does not parse as one"
+  else:
+    try:
+      tf.io.parse_example(tf.constant(records), _FEATURES)
+      return
+    except tf.errors.InvalidArgumentError as e:
+      reason = parse_error_reason(e)
+  has = ("its first record is not a tf.train.Example" if keys is None
+         else "its first record has " + (", ".join(keys) or "no features"))
+  hint = ("; TFDS's own files are read with --dataset=NAME --data_dir=TFDS_DATA_DIR"
+          if keys and {"image", "label"} <= set(keys) else "")
+  raise UserError(f"TFRecord file {path} is not of image records: each needs image/encoded "
+                  f"(bytes) and image/class/label (int64), but {has} ({reason}){hint}")
 
 
 def _parse_examples(paths: tf.Tensor, numbers: tf.Tensor, records: tf.Tensor) -> dict:
@@ -443,6 +525,9 @@ def _scan_labels(files: list[str]) -> tuple[list[int], int, int]:
       n, a, b = ds.reduce(init, lambda s, y: (s[0] + tf.size(y, tf.int64),
                                                tf.minimum(s[1], tf.reduce_min(y)),
                                                tf.maximum(s[2], tf.reduce_max(y))))
+    except PARSE_ERRORS as e:  # A label of another type or length, not an Example.
+      raise malformed_record_error(*(first_malformed_record([path])
+                                     or (path, parse_error_reason(e)))) from None
     except tf.errors.OpError as e:
       raise UserError(f"cannot read TFRecord file {path}: {e.message.splitlines()[0]}") from None
     counts.append(int(n))
@@ -455,6 +540,7 @@ def _scan_labels(files: list[str]) -> tuple[list[int], int, int]:
 def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
   """A `tfrecord` source (see the module docstring for the file layout)."""
   files = _tfrecord_files(data_dir, split)
+  _check_first_record(files[0])
   directory = os.path.dirname(files[0])
   class_names = _read_labels_file(directory)
   meta = _read_metadata(directory)

@@ -97,8 +97,8 @@ from typing import Any, Callable, NoReturn, Sequence
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import preprocessing
-from alexnet_tf.datasets import DatasetSource
+from alexnet_tf import datasets, preprocessing
+from alexnet_tf.datasets import DatasetSource, parse_error_reason
 from alexnet_tf.errors import UserError
 
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -289,9 +289,10 @@ def checked_image_bytes(record: dict, strict: bool, counter: CorruptCounter,
 
 # What a pipeline raises for bad data: a record that failed the check, an undecodable image, a
 # file that cannot be read (these three with `strict=True`; otherwise such records are
-# skipped), a damaged TFRecord shard (always). `raise_data_error` words them.
+# skipped), a damaged TFRecord shard or a TFRecord record that is not an image record (always;
+# `datasets.PARSE_ERRORS`). `raise_data_error` words them.
 DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-               tf.errors.PermissionDeniedError, tf.errors.DataLossError)
+               tf.errors.PermissionDeniedError, tf.errors.DataLossError, UnicodeDecodeError)
 
 
 def source_records(source: DatasetSource, input_context=None, *, shuffle: bool = False,
@@ -616,12 +617,16 @@ def strict_data_error(error: tf.errors.OpError) -> UserError | None:
                    "without --strict_data to skip such files")
 
 
-def raise_data_error(error: tf.errors.OpError, source: DatasetSource, strict: bool) -> NoReturn:
+def raise_data_error(error: Exception, source: DatasetSource, strict: bool) -> NoReturn:
   """Re-raises one of `DATA_ERRORS`, caught from a loop over pipelines of `source` built with
-  `strict`, as its one-sentence UserError (`damaged_data_error`, `strict_data_error`) where it
-  is a data error; else as it is."""
+  `strict`, as its one-sentence UserError (`damaged_data_error`, `malformed_record_error`,
+  `strict_data_error`) where it is a data error; else as it is."""
   if isinstance(error, tf.errors.DataLossError):
     raise damaged_data_error(source, error) from None
+  if isinstance(error, UnicodeDecodeError) or "ParseExample" in str(error):
+    malformed = malformed_record_error(source, error)
+    if malformed is not None:
+      raise malformed from None
   data_error = strict_data_error(error) if strict else None
   if data_error is not None:
     raise data_error from None
@@ -640,6 +645,23 @@ def damaged_data_error(source: DatasetSource, error: tf.errors.DataLossError) ->
                      "(e.g. with python -m alexnet_tf.tools.make_tfrecords) or remove it")
   return UserError(f"a data file of --dataset={source.name} is damaged ({reason.strip()}); "
                    "prepare the dataset again")
+
+
+def malformed_record_error(source: DatasetSource, error: Exception) -> UserError | None:
+  """The one-sentence error for a TFRecord record that is not an image record (no image/encoded,
+  a label of another type, not a tf.train.Example): records are parsed in batches, so it cannot
+  be skipped alone. Names the record (`TFRecordSource.first_malformed_record` reads every record
+  once). None where the source has no such records (not a TFRecord source), and for a
+  UnicodeDecodeError (`datasets.PARSE_ERRORS`) where no record is malformed: it came from
+  elsewhere."""
+  find = getattr(source, "first_malformed_record", None)
+  if find is None:
+    return None
+  found = find()
+  if found is None and isinstance(error, UnicodeDecodeError):
+    return None
+  return datasets.malformed_record_error(*(found or (f"of --dataset={source.name}",
+                                                     parse_error_reason(error))))
 
 
 @dataclasses.dataclass

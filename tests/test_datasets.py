@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -165,6 +166,74 @@ def test_tfrecord_labels_beyond_labels_txt_are_refused(tmp_path):
   assert (src.num_examples, src.num_classes) == (3, 3)
   os.remove(tmp_path / "labels.txt")
   assert datasets.load_source("tfrecord", "train", str(tmp_path)).num_classes == 3
+
+
+def _write_examples(path, features_per_record):
+  with tf.io.TFRecordWriter(path) as w:
+    for features in features_per_record:
+      w.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+
+
+def _bytes(*values):
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(*values):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+
+@pytest.mark.parametrize("features, message", [
+    ({"image": _bytes(b"x"), "label": _ints(0)},
+     r"its first record has image, label \(Feature: image/class/label \(data type: int64\) is "
+     r"required but could not be found.\); TFDS's own files are read with --dataset=NAME"),
+    ({"image/encoded": _ints(1, 2), "image/class/label": _ints(0)},
+     r"its first record has image/class/label, image/encoded \(Key: image/encoded, Data types "
+     r"don't match"),
+    ({"image/encoded": _bytes(b"x"), "image/class/label": _ints(0, 1)},
+     r"its first record has .* \(Key: image/class/label, Number of int64 values != expected. "
+     r"Values size: 2"),
+    ({"image/encoded": _bytes(b"x"), "image/class/label": _bytes(b"cat")},
+     r"its first record has .* \(Key: image/class/label, Data types don't match. Data type: "
+     r"string"),
+    (None, r"its first record is not a tf.train.Example"),
+], ids=["TFDS's keys", "int image", "two labels", "string label", "not an Example"])
+def test_tfrecords_of_another_convention_are_refused(tmp_path, features, message):
+  """Before anything reads them (was: a traceback from the parser, mid-check or mid-run)."""
+  path = str(tmp_path / "train-00000-of-00001")
+  if features is None:
+    with tf.io.TFRecordWriter(path) as w:
+      w.write(b"\x0a\xff\xff not a protocol buffer")
+  else:
+    _write_examples(path, [features])
+  with pytest.raises(UserError, match=f"TFRecord file {re.escape(path)} is not of image records: "
+                     "each needs image/encoded \\(bytes\\) and image/class/label \\(int64\\), "
+                     f"but {message}"):
+    datasets.load_source("tfrecord", "train", str(tmp_path))
+
+
+def test_a_malformed_tfrecord_record_is_named(tmp_path):
+  """A bad record after a good first one: found on the error path, named FILE:K."""
+  good = {"image/encoded": _bytes(encode_image(np.zeros((8, 8, 3), np.uint8))),
+          "image/class/label": _ints(1)}
+  paths = [str(tmp_path / f"train-0000{i}-of-00002") for i in range(2)]
+  _write_examples(paths[0], [good] * 3)
+  _write_examples(paths[1], [good] * 2 + [{"image/class/label": _ints(0)}] + [good])
+  src = datasets.load_source("tfrecord", "train", str(tmp_path))
+  assert src.num_examples == 7
+  assert src.first_malformed_record() == (
+      f"{paths[1]}:2", "Feature: image/encoded (data type: string) is required but could not "
+      "be found.")
+  _write_examples(paths[1], [good])
+  assert datasets.load_source("tfrecord", "train", str(tmp_path)).first_malformed_record() is None
+  # Not a tf.train.Example at all (TF's message then is not UTF-8), found by the label scan.
+  good_record = tf.train.Example(features=tf.train.Features(feature=good)).SerializeToString()
+  with tf.io.TFRecordWriter(paths[1]) as w:
+    for record in (good_record, b"\x0a\xff\xff not a protocol buffer", good_record):
+      w.write(record)
+  with pytest.raises(UserError, match=f"^TFRecord record {re.escape(paths[1])}:1 is not an image "
+                     r"record \(not a tf.train.Example\): each needs image/encoded \(bytes\) and "
+                     r"image/class/label \(int64\); write it again or remove its file$"):
+    datasets.load_source("tfrecord", "train", str(tmp_path))
 
 
 def test_tfds_mock_source():

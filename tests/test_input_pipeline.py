@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -282,6 +283,42 @@ def test_a_damaged_tfrecord_shard_is_named(image_folder, tmp_path):
   folder = datasets.load_source("folder", "train", root)
   assert str(ip.damaged_data_error(folder, e.value)).startswith(
       "a data file of --dataset=folder is damaged (truncated record at ")
+
+
+@pytest.mark.parametrize("malformed, reason", [
+    ("no image", "Feature: image/encoded (data type: string) is required but could not be found."),
+    ("not an Example", "not a tf.train.Example"),
+], ids=["no image", "not an Example"])
+def test_a_malformed_tfrecord_record_is_named(tmp_path, malformed, reason):
+  """Records are parsed in batches, so a record that is not an image record cannot be skipped
+  alone: one sentence naming it, not the parser's traceback. (TF's error for a record that is
+  not a tf.train.Example quotes it, and reaches Python as a UnicodeDecodeError.)"""
+  label = tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))
+  good = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+      value=[encode_image(np.zeros((8, 8, 3), np.uint8))])), "image/class/label": label}
+  bad = (tf.train.Example(features=tf.train.Features(feature={"image/class/label": label}))
+         .SerializeToString() if malformed == "no image" else b"\x0a\xff\xff not an Example")
+  path = str(tmp_path / "train-00000-of-00001")
+  with tf.io.TFRecordWriter(path) as w:
+    for k in range(5):
+      w.write(bad if k == 3 else
+              tf.train.Example(features=tf.train.Features(feature=good)).SerializeToString())
+  # Counts and classes from metadata.json, as make_tfrecords writes it: no label scan at load.
+  (tmp_path / "metadata.json").write_text(json.dumps({"num_classes": 1,
+                                                      "files": {os.path.basename(path): 5}}))
+  src = datasets.load_source("tfrecord", "train", str(tmp_path))
+  message = (f"TFRecord record {path}:3 is not an image record ({reason}): each needs "
+             "image/encoded (bytes) and image/class/label (int64); write it again or remove its "
+             "file")
+  with pytest.raises(UserError) as e:
+    ip.check_source(src)
+  assert str(e.value) == message
+  for ds in (ip.build_train_dataset(src, 2, repeat=False), ip.build_eval_dataset(src, 2)):
+    with pytest.raises(ip.DATA_ERRORS) as e:
+      list(ds)
+    with pytest.raises(UserError) as raised:
+      ip.raise_data_error(e.value, src, strict=False)
+    assert str(raised.value) == message
 
 
 def test_eval_keeps_the_record_order_across_groups(train_source):

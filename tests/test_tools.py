@@ -109,6 +109,26 @@ def test_dataset_stats_recovers_known_covariance(tmp_path):
   assert np.load(loaded["mean_image"]).shape == (256, 256, 3)
 
 
+def test_dataset_stats_on_damaged_tfrecords_is_one_sentence(image_folder, tmp_path):
+  """A truncated shard, or a record that is not an image record, stops it with the sentence
+  train.py and evaluate.py give (was: DataLossError / InvalidArgumentError tracebacks)."""
+  dst = str(tmp_path / "records")
+  make_tfrecords.convert(image_folder(per_class=3, splits=("train",)), dst, num_shards=1,
+                         log=lambda _: None)
+  shard = os.path.join(dst, "train-00000-of-00001.tfrecord")
+  records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+  with tf.io.TFRecordWriter(shard) as w:
+    for k, record in enumerate(records):
+      w.write(b"\x0a\xff\xff not an Example" if k == 4 else record)
+  with pytest.raises(UserError, match=f"^TFRecord record {shard}:4 is not an image record"):
+    dataset_stats.compute_stats(datasets.load_source("tfrecord", "train", dst), log=print)
+  data = open(shard, "rb").read()
+  with open(shard, "wb") as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(UserError, match=f"^TFRecord file {shard} is damaged"):
+    dataset_stats.compute_stats(datasets.load_source("tfrecord", "train", dst), log=print)
+
+
 def test_dataset_stats_cli(shapes_root, tmp_path):
   out = _run("alexnet_tf.tools.dataset_stats", "--dataset=shapes", f"--data_dir={shapes_root}",
              f"--output={tmp_path}/stats.json", f"--mean_image={tmp_path}/mean.npy")

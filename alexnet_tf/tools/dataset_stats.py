@@ -76,12 +76,15 @@ def compute_stats(source, *, mean_image: bool = False, max_images: int | None = 
   total_outer = np.zeros((3, 3))
   total_image = np.zeros((size, size, 3)) if mean_image else None
   count = 0
-  for image_sum, s, ss, n in ds.as_numpy_iterator():
-    total_sum += s
-    total_outer += ss
-    if mean_image:
-      total_image += image_sum
-    count += int(n)
+  try:
+    for image_sum, s, ss, n in ds.as_numpy_iterator():
+      total_sum += s
+      total_outer += ss
+      if mean_image:
+        total_image += image_sum
+      count += int(n)
+  except input_pipeline.DATA_ERRORS as e:  # A damaged shard, a malformed TFRecord record.
+    input_pipeline.raise_data_error(e, source, strict=False)
   expected = min(source.num_examples, max_images or source.num_examples)
   skipped = expected - count
   if count == 0:
