@@ -239,8 +239,9 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   Returns the same dtype as the input (exact slicing, no resampling).
   """
   image = tf.convert_to_tensor(image)
+  size = _crop_size(size)
   shape = tf.shape(image)
-  with tf.control_dependencies([_assert_at_least(shape, size)]):
+  with tf.control_dependencies([_assert_at_least(image, shape, size)]):
     top = (shape[0] - size) // 2
     left = (shape[1] - size) // 2
   out = image[top:top + size, left:left + size]
@@ -248,7 +249,22 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return out
 
 
-def _assert_at_least(shape: tf.Tensor, size: int) -> tf.Operation:
+def _crop_size(size: int) -> int:
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+    raise ValueError(f"crop size must be a positive integer; got {size!r}")
+  return int(size)
+
+
+def _assert_at_least(image: tf.Tensor, shape: tf.Tensor, size: int) -> tf.Operation:
+  """Checks that a size×size crop fits in `image` (`shape` its dynamic shape): at once where
+  its static shape tells (a batch, a small image), else when the returned op runs."""
+  if image.shape.rank is not None:
+    if image.shape.rank != 3:
+      raise ValueError(f"image must be one [H, W, C] image; got shape {image.shape} (map a "
+                       "batch with tf.map_fn)")
+    if any(d is not None and d < size for d in image.shape[:2]):
+      raise ValueError(f"image {image.shape[0]}x{image.shape[1]} is smaller than the crop "
+                       f"size {size}")
   return tf.debugging.assert_greater_equal(
       tf.reduce_min(shape[:2]), size, message=f"image smaller than the crop size {size}")
 
@@ -256,8 +272,9 @@ def _assert_at_least(shape: tf.Tensor, size: int) -> tf.Operation:
 def five_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   """[5, size, size, C]: top-left, top-right, bottom-left, bottom-right, centre."""
   image = tf.convert_to_tensor(image)
+  size = _crop_size(size)
   shape = tf.shape(image)
-  with tf.control_dependencies([_assert_at_least(shape, size)]):
+  with tf.control_dependencies([_assert_at_least(image, shape, size)]):
     h, w = shape[0], shape[1]
   crops = [
       image[:size, :size],

@@ -58,9 +58,22 @@ def test_ten_crop_larger_non_square_image():
   np.testing.assert_array_equal(out[4], image[16:243, 36:263])
 
 
-def test_crop_of_too_small_image_fails():
-  with pytest.raises(tf.errors.InvalidArgumentError):
-    pp.center_crop(tf.zeros([200, 300, 3]), 227)
+@pytest.mark.parametrize("crop", [pp.center_crop, pp.ten_crop])
+def test_crop_misuse_fails_clearly(crop):
+  # Known statically: at once, saying what is wrong (a batch read "image smaller than the crop").
+  with pytest.raises(ValueError, match=r"^image 200x300 is smaller than the crop size 227$"):
+    crop(tf.zeros([200, 300, 3]), 227)
+  with pytest.raises(ValueError, match=r"one \[H, W, C\] image; got shape \(2, 256, 256, 3\)"):
+    crop(tf.zeros([2, 256, 256, 3]), 227)
+  for size in (0, 2.5, True):
+    with pytest.raises(ValueError, match=r"^crop size must be a positive integer"):
+      crop(tf.zeros([256, 256, 3]), size)
+  assert crop(tf.zeros([256, 256, 3]), np.int64(227)).shape[-3:] == (227, 227, 3)
+  # Known only when it runs (decoded images in a tf.function): TF's assertion.
+  traced = tf.function(lambda image: crop(image, 227),
+                       input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="image smaller than the crop size 227"):
+    traced(tf.zeros([200, 300, 3]))
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "CMYK", "GRAY", "GRAYPNG", "RGBA", "PALETTE"])
