@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -13,6 +14,30 @@ def log_line(line: str) -> None:
 
 class UserError(ValueError):
   """A mistake in the user's flags, files or data, worded for the user."""
+
+
+def check_writable_dir(name: str, path: str) -> None:
+  """UserError unless `path` is a folder, or one can be created there, that we may write in.
+
+  For outputs, checked before the work: a bad path should not cost a run. `name` is how the
+  user gave it ("--model_dir", "DST").
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{name} {path!r} exists and is not a directory.")
+  parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"{name} {path!r} cannot be created: {parent!r} is not a directory.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"{name} {path!r} is not writable.")
+
+
+def check_writable_file(name: str, path: str) -> None:
+  """UserError unless a file can be written at `path`, in its folder or one created for it."""
+  if os.path.isdir(path):
+    raise UserError(f"{name} {path!r} is a directory; give a file name.")
+  check_writable_dir(name, os.path.dirname(os.path.abspath(path)))
 
 
 def run_cli(main: Callable[[Sequence[str]], None]) -> None:

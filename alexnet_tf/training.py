@@ -35,7 +35,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import distribute, model_dir as model_dir_lib, preprocessing
-from alexnet_tf.errors import UserError, log_line
+from alexnet_tf.errors import UserError, check_writable_dir, log_line
 from alexnet_tf.evaluation import evaluate_model
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
                                      learning_rate_at, scaled_learning_rate)
@@ -157,22 +157,9 @@ def validate_config(config: TrainConfig) -> None:
     raise UserError(str(e).replace("AlexNet: ", "--")) from e
   if not config.model_dir:
     raise UserError("--model_dir is required.")
-  _check_writable_dir("model_dir", config.model_dir)
+  check_writable_dir("--model_dir", config.model_dir)
   if config.export_dir:  # Checked now, not after the last epoch.
-    _check_writable_dir("export_dir", config.export_dir)
-
-
-def _check_writable_dir(flag: str, path: str) -> None:
-  """UserError unless `path` is a folder, or one can be created there, that we may write in."""
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"--{flag} {path!r} exists and is not a directory.")
-  parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-  while parent and not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise UserError(f"--{flag} {path!r} cannot be created: {parent!r} is not a directory.")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise UserError(f"--{flag} {path!r} is not writable.")
+    check_writable_dir("--export_dir", config.export_dir)
 
 
 def check_compatible(existing: dict, new: dict, model_dir: str) -> None:

@@ -68,6 +68,14 @@ def test_make_tfrecords_cli(image_folder, tmp_path):
   bad = _run("alexnet_tf.tools.make_tfrecords", str(tmp_path / "nowhere"), str(tmp_path / "x"))
   assert bad.returncode == 1 and "Traceback" not in bad.stderr
   assert f"error: SRC={tmp_path / 'nowhere'} is not a folder" in bad.stderr, bad.stderr
+  # DST a file, or under one: one sentence before any image is read (was a traceback).
+  (tmp_path / "file").write_text("")
+  for dst, message in [(tmp_path / "file", f"DST '{tmp_path / 'file'}' exists and is not a "
+                        "directory."),
+                       (tmp_path / "file" / "x", f"DST '{tmp_path / 'file' / 'x'}' cannot be "
+                        f"created: '{tmp_path / 'file'}' is not a directory.")]:
+    bad = _run("alexnet_tf.tools.make_tfrecords", root, str(dst))
+    assert bad.returncode == 1 and f"error: {message}" in bad.stderr, bad.stderr
 
 
 def _flat_colour_dataset(root, colours):
@@ -143,6 +151,15 @@ def test_dataset_stats_cli(shapes_root, tmp_path):
              f"--output={tmp_path}/x.json", "--max_images=0")
   assert bad.returncode == 1 and "--max_images=0 must be at least 1" in bad.stderr, bad.stderr
   assert not os.path.exists(tmp_path / "x.json")
+  # Outputs that cannot be written: said before the pass over the data (was a traceback after).
+  for flag, message in [(f"--output={tmp_path}", f"--output '{tmp_path}' is a directory; give a "
+                         "file name."),
+                        (f"--mean_image={tmp_path}/stats.json/m.npy", f"--mean_image "
+                         f"'{tmp_path}/stats.json' exists and is not a directory.")]:
+    bad = _run("alexnet_tf.tools.dataset_stats", "--dataset=shapes", f"--data_dir={shapes_root}",
+               f"--output={tmp_path}/y.json", flag)
+    assert bad.returncode == 1 and f"error: {message}" in bad.stderr, bad.stderr
+    assert "images" not in bad.stdout and not os.path.exists(tmp_path / "y.json")
 
 
 GOOD = {"mean": [120.0, 110.0, 100.0], "eigenvalues": [3.0, 2.0, 1.0],

@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags
 
 from alexnet_tf import flags as data_flags
-from alexnet_tf.errors import UserError, run_cli
+from alexnet_tf.errors import UserError, check_writable_file, run_cli
 
 FLAGS = flags.FLAGS
 
@@ -146,11 +146,17 @@ def main(argv: Sequence[str]) -> None:
     raise UserError(f"--max_images={FLAGS.max_images} must be at least 1 (leave it out for all)")
   if FLAGS.mean_image and not FLAGS.mean_image.endswith(".npy"):
     raise UserError(f"--mean_image={FLAGS.mean_image} must end in .npy")
+  check_writable_file("--output", FLAGS.output)  # Now, not after a pass over the dataset.
+  if FLAGS.mean_image:
+    check_writable_file("--mean_image", FLAGS.mean_image)
   from alexnet_tf import datasets  # pylint: disable=g-import-not-at-top
   source = datasets.load_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.manual_dir)
   stats = compute_stats(source, mean_image=bool(FLAGS.mean_image), max_images=FLAGS.max_images)
-  doc = write_stats(stats, FLAGS.output, dataset=FLAGS.dataset, split=FLAGS.split,
-                    mean_image_path=FLAGS.mean_image)
+  try:
+    doc = write_stats(stats, FLAGS.output, dataset=FLAGS.dataset, split=FLAGS.split,
+                      mean_image_path=FLAGS.mean_image)
+  except OSError as e:  # A full disk, say: checked paths can still fail to write.
+    raise UserError(f"cannot write {e.filename or FLAGS.output}: {e.strerror or e}") from None
   print(json.dumps({k: doc[k] for k in ("mean", "eigenvalues", "eigenvectors", "num_images")}))
 
 
