@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -128,12 +129,13 @@ def test_dataset_stats_on_damaged_tfrecords_is_one_sentence(image_folder, tmp_pa
   with tf.io.TFRecordWriter(shard) as w:
     for k, record in enumerate(records):
       w.write(b"\x0a\xff\xff not an Example" if k == 4 else record)
-  with pytest.raises(UserError, match=f"^TFRecord record {shard}:4 is not an image record"):
+  with pytest.raises(UserError, match=f"^TFRecord record {re.escape(shard)}:4 is not an image "
+                     "record"):
     dataset_stats.compute_stats(datasets.load_source("tfrecord", "train", dst), log=print)
   data = open(shard, "rb").read()
   with open(shard, "wb") as f:
     f.write(data[:len(data) // 2])
-  with pytest.raises(UserError, match=f"^TFRecord file {shard} is damaged"):
+  with pytest.raises(UserError, match=f"^TFRecord file {re.escape(shard)} is damaged"):
     dataset_stats.compute_stats(datasets.load_source("tfrecord", "train", dst), log=print)
 
 
