@@ -162,6 +162,16 @@ def validate_config(config: TrainConfig) -> None:
     check_writable_dir("--export_dir", config.export_dir)
 
 
+def validation_overlap_note(train_source: Any, val_source: Any,
+                            data_dir: str | None) -> str | None:
+  """A note for the log when validation reads the training files, else None: a TFRecord glob
+  without {split} is read for every split (meant for evaluate.py)."""
+  if getattr(val_source, "files", None) != getattr(train_source, "files", ()):
+    return None
+  return (f"Note: validation reads the training files (--data_dir={data_dir} names no "
+          "{split}), so val_top1 is not held out and the plateau schedule follows it.")
+
+
 def check_compatible(existing: dict, new: dict, model_dir: str) -> None:
   """A model dir can only be resumed with the same architecture."""
   for key in model_dir_lib.ARCHITECTURE_KEYS:
@@ -235,6 +245,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                                       config.manual_dir)
   val_source = datasets.load_source(config.dataset, config.validation_split, config.data_dir,
                                     config.manual_dir)
+  note = validation_overlap_note(train_source, val_source, config.data_dir)
+  if note and chief:
+    log(note)
   # Fails fast (UserError) when most files are unreadable, before any model is built.
   input_pipeline.check_source(train_source, strict=config.strict_data)
   input_pipeline.check_source(val_source, strict=config.strict_data)

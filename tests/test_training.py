@@ -221,6 +221,23 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_data, t
     np.testing.assert_allclose(slots_a[k], slots_b[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
+def test_validation_on_the_training_files_is_noted(tiny_data, tmp_path):
+  from alexnet_tf import datasets, training
+  from alexnet_tf.tools import make_tfrecords
+  dst = str(tmp_path / "records")
+  make_tfrecords.convert(tiny_data, dst, num_shards=1, log=lambda _: None)
+  for data_dir, noted in [(f"{dst}/train-*", True), (dst + "/{split}-*", False), (dst, False)]:
+    train, val = (datasets.load_source("tfrecord", split, data_dir)
+                  for split in ("train", "validation"))
+    note = training.validation_overlap_note(train, val, data_dir)
+    assert (note == f"Note: validation reads the training files (--data_dir={data_dir} names "
+            "no {split}), so val_top1 is not held out and the plateau schedule follows it."
+            if noted else note is None), (data_dir, note)
+  shapes_train, shapes_val = (datasets.load_source("shapes", split, tiny_data)
+                              for split in ("train", "validation"))
+  assert training.validation_overlap_note(shapes_train, shapes_val, tiny_data) is None
+
+
 def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
   # A relative --model_dir, as in the README's `python train.py --strategy=mirrored`.
   args = [TRAIN_PY, "--strategy=mirrored", "--cpu_replicas=2", "--dataset=shapes",
