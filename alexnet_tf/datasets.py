@@ -33,7 +33,9 @@ Kinds of `dataset`:
   the highest label + 1: TF-Slim's ImageNet shards, labelled 1..1000 with 0 as background,
   give 1001 classes, as in the Model Garden). Record counts come from
   `metadata.json` next to the files (written by `python -m alexnet_tf.tools.make_tfrecords`)
-  or, without it, from one pass over the labels. A directory's files of the split that its
+  or, without it (the Model Garden's shards), from one pass over the labels, done once and
+  cached in $ALEXNET_TF_CACHE/tfrecord_counts (default ~/.cache/alexnet_tf), keyed by the
+  files' paths, sizes and modification times. A directory's files of the split that its
   `metadata.json` does not list are an error (not read silently; a glob reads them). Files of
   another convention (TFDS's own, with `image` and `label`) are refused when they load, by their
   first record; a record that is not an image record found later (records are parsed in
@@ -51,9 +53,12 @@ record; TFDS sources use `tfds.even_splits`. All of them work with a single file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob as _glob
+import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -77,6 +82,7 @@ BUILTIN = ("folder", "tfrecord", "shapes")
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _PARSE_BATCH = 64
+_log = logging.getLogger(__name__)
 
 
 def _element_spec_dict(image, label, filename, height=0, width=0) -> dict:
@@ -537,6 +543,59 @@ def _scan_labels(files: list[str]) -> tuple[list[int], int, int]:
   return counts, (lo if lo is not None else 0), (hi if hi is not None else -1)
 
 
+_COUNTS_CACHE_VERSION = 1
+
+
+def _counts_cache_file(files: list[str]) -> str | None:
+  """Where `_scan_labels(files)` is cached, keyed by each file's path, size and modification
+  time (None where a file cannot be stat'ed)."""
+  try:
+    key = [[f, s.length, s.mtime_nsec] for f in files for s in [tf.io.gfile.stat(f)]]
+  except tf.errors.OpError:
+    return None
+  digest = hashlib.sha256(json.dumps([_COUNTS_CACHE_VERSION, key]).encode()).hexdigest()[:32]
+  return os.path.join(_shapes.cache_root(), "tfrecord_counts", digest + ".json")
+
+
+def _read_counts_cache(path: str, num_files: int) -> tuple[list[int], int, int] | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      cached = json.load(f)
+    counts, lo, hi = cached["counts"], int(cached["min"]), int(cached["max"])
+  except (OSError, TypeError, ValueError, KeyError):  # Not cached (yet), or damaged.
+    return None
+  if len(counts) != num_files or not all(isinstance(n, int) and n >= 0 for n in counts):
+    return None
+  return counts, lo, hi
+
+
+def _write_counts_cache(path: str, counts: list[int], lo: int, hi: int) -> None:
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:  # Whole or not at all: another process may read it now.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump({"counts": counts, "min": lo, "max": hi}, f)
+    os.replace(tmp, path)
+  except OSError:  # A read-only or full cache: the next run counts again.
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+
+
+def _scan_labels_cached(files: list[str]) -> tuple[list[int], int, int]:
+  """`_scan_labels`, done once per set of files: a pass over ImageNet's TFRecords (~140 GB)
+  takes minutes, and train.py would repeat it at every start and resume."""
+  path = _counts_cache_file(files)
+  cached = _read_counts_cache(path, len(files)) if path else None
+  if cached:
+    return cached
+  _log.info("Counting the records of %d TFRecord file(s) (%s, ...) once: there is no %s beside "
+            "them%s", len(files), files[0], METADATA_FILE, f"; cached in {path}" if path else "")
+  counts, lo, hi = _scan_labels(files)
+  if path:
+    _write_counts_cache(path, counts, lo, hi)
+  return counts, lo, hi
+
+
 def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
   """A `tfrecord` source (see the module docstring for the file layout)."""
   files = _tfrecord_files(data_dir, split)
@@ -560,7 +619,7 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
     if class_names is None and meta.get("class_names"):
       class_names = list(meta["class_names"])
   if counts is None or num_classes is None:
-    scanned, lo, hi = _scan_labels(files)
+    scanned, lo, hi = _scan_labels_cached(files)
     counts = counts or scanned
     if lo < 0:
       raise UserError(f"TFRecords {files[0]}...: records without image/class/label or with "

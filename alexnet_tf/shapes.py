@@ -36,10 +36,14 @@ DEFAULT_NUM_VALIDATION = 600
 CACHE_ENV = "ALEXNET_TF_CACHE"
 
 
+def cache_root() -> str:
+  """The package's cache folder: $ALEXNET_TF_CACHE, else ~/.cache/alexnet_tf."""
+  return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "alexnet_tf")
+
+
 def default_dir() -> str:
   """The default cache folder: $ALEXNET_TF_CACHE/shapes, else ~/.cache/alexnet_tf/shapes."""
-  base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "alexnet_tf")
-  return os.path.join(base, "shapes")
+  return os.path.join(cache_root(), "shapes")
 
 
 def _params(num_train: int, num_validation: int, seed: int) -> dict:

@@ -147,6 +147,38 @@ def test_tfrecord_source(image_folder, tmp_path):
     datasets.load_source("tfrecord", "train", os.path.join(dst, "nothing-*"))
 
 
+def test_tfrecord_counts_without_metadata_are_cached(image_folder, tmp_path, isolated_cache,
+                                                    monkeypatch):
+  """Shards without metadata.json (the Model Garden's) are counted in one pass over them, once:
+  for ImageNet that pass takes minutes, at every start and resume of train.py."""
+  dst = _make_records(image_folder(classes=("a", "b"), per_class=3), tmp_path, num_shards=2)
+  os.remove(os.path.join(dst, "metadata.json"))
+  scans = []
+  real_scan = datasets._scan_labels
+  monkeypatch.setattr(datasets, "_scan_labels", lambda files: scans.append(files) or
+                      real_scan(files))
+  first = datasets.load_source("tfrecord", "train", dst)
+  assert (first.num_examples, first.file_counts, len(scans)) == (6, [3, 3], 1)
+  cached = os.listdir(os.path.join(isolated_cache, "tfrecord_counts"))
+  assert len(cached) == 1 and cached[0].endswith(".json")
+  again = datasets.load_source("tfrecord", "train", dst)
+  assert (again.num_examples, again.file_counts, again.num_classes, len(scans)) == (6, [3, 3], 2, 1)
+  # A shard written again (another size or time) is counted again, as is a damaged cache file.
+  shard = first.files[0]
+  records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+  with tf.io.TFRecordWriter(shard) as w:
+    for record in records[:2]:
+      w.write(record)
+  assert datasets.load_source("tfrecord", "train", dst).num_examples == 5 and len(scans) == 2
+  for cache_file in os.listdir(os.path.join(isolated_cache, "tfrecord_counts")):
+    with open(os.path.join(isolated_cache, "tfrecord_counts", cache_file), "w") as f:
+      f.write('{"counts": [2')
+  assert datasets.load_source("tfrecord", "train", dst).num_examples == 5 and len(scans) == 3
+  # A cache that cannot be written: counted each time, no error.
+  monkeypatch.setenv("ALEXNET_TF_CACHE", os.path.join(dst, "labels.txt", "cache"))
+  assert datasets.load_source("tfrecord", "train", dst).num_examples == 5 and len(scans) == 4
+
+
 def test_tfrecord_labels_beyond_labels_txt_are_refused(tmp_path):
   """TF-Slim's ImageNet shards count labels from 1: with a labels.txt of one name per class,
   the highest label has no class (a traceback in the first training step on a CPU, NaN on a
