@@ -30,8 +30,10 @@ Kinds of `dataset`:
   (validation: also `val`, `test`). A glob may contain `{split}`, which is replaced by the split
   name; a glob without it is used for any split. Class names come from an optional `labels.txt`
   next to the files (one name per line, line i = label i; without it, as many classes as
-  the highest label + 1: TF-Slim's ImageNet shards, labelled 1..1000 with 0 as background,
-  give 1001 classes, as in the Model Garden). Record counts come from
+  the split's highest label + 1, `classes_from_labels`: TF-Slim's ImageNet shards, labelled
+  1..1000 with 0 as background, give 1001 classes, as in the Model Garden; a validation split
+  may then lack the last classes, but not have more than the training split). Record counts
+  come from
   `metadata.json` next to the files (written by `python -m alexnet_tf.tools.make_tfrecords`)
   or, without it (the Model Garden's shards), from one pass over the labels, done once and
   cached in $ALEXNET_TF_CACHE/tfrecord_counts (default ~/.cache/alexnet_tf), keyed by the
@@ -102,6 +104,8 @@ class DatasetSource:
     class_names: class names in label order, or None when unknown.
     records_fn: for custom sources, a function input_context → dataset of records; the
       built-in kinds are subclasses that override `records` instead.
+    classes_from_labels: num_classes is this split's highest label + 1 (TFRecords without a
+      class list), so the dataset may have more classes: a validation split may lack the last.
   """
   name: str
   split: str
@@ -110,6 +114,7 @@ class DatasetSource:
   class_names: list[str] | None
   records_fn: Callable[[tf.distribute.InputContext | None], tf.data.Dataset] | None = (
       dataclasses.field(default=None, repr=False, compare=False))
+  classes_from_labels: bool = dataclasses.field(default=False, kw_only=True)
 
   # Whether `records(shuffle=True)` already shuffles all records (not only file order), so the
   # training pipeline needs no shuffle buffer.
@@ -605,6 +610,7 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
   meta = _read_metadata(directory)
   counts = None
   num_classes = len(class_names) if class_names else None
+  classes_from_labels = False
   if meta:
     per_file = meta.get("files", {})
     unlisted = [f for f in files if os.path.basename(f) not in per_file]
@@ -625,7 +631,7 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
       raise UserError(f"TFRecords {files[0]}...: records without image/class/label or with "
                       "negative labels")
     if num_classes is None:
-      num_classes = hi + 1
+      num_classes, classes_from_labels = hi + 1, True
     elif hi >= num_classes:
       raise UserError(f"TFRecords {files[0]}...: labels go up to {hi}, but {directory}/"
                       f"{LABELS_FILE} names {num_classes} classes (label i is line i + 1). "
@@ -637,7 +643,7 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
                     f"({files[0]}...)")
   return TFRecordSource(name="tfrecord", split=split, num_examples=total,
                         num_classes=num_classes, class_names=class_names, files=files,
-                        file_counts=counts)
+                        file_counts=counts, classes_from_labels=classes_from_labels)
 
 
 def _tfds_split_name(info, split: str) -> str:

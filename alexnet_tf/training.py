@@ -245,6 +245,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
                                       config.manual_dir)
   val_source = datasets.load_source(config.dataset, config.validation_split, config.data_dir,
                                     config.manual_dir)
+  if val_source.num_classes > train_source.num_classes:  # Classes counted from the labels.
+    raise UserError(f"--dataset={config.dataset}: the validation split has labels up to "
+                    f"{val_source.num_classes - 1} but the training split only up to "
+                    f"{train_source.num_classes - 1}; put a {datasets.LABELS_FILE} naming every "
+                    "class (line i = label i) beside the TFRecords")
   note = validation_overlap_note(train_source, val_source, config.data_dir)
   if note and chief:
     log(note)

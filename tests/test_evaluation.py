@@ -532,6 +532,31 @@ class CountingModel:
     return self.model(images, training=training)
 
 
+def test_tfrecords_counted_from_labels_may_lack_the_last_classes(tmp_path):
+  """Without a labels.txt a split's class count is its highest label + 1: a validation split
+  without the last class still fits a model trained on all (it was refused: "2 classes but the
+  model has 3"); one with more classes than the model does not."""
+  label = lambda y: tf.train.Feature(int64_list=tf.train.Int64List(value=[y]))
+  image = tf.train.Feature(bytes_list=tf.train.BytesList(
+      value=[encode_image(np.zeros((8, 8, 3), np.uint8))]))
+  with tf.io.TFRecordWriter(str(tmp_path / "validation-00000-of-00001")) as w:
+    for y in (0, 1, 0):
+      w.write(tf.train.Example(features=tf.train.Features(
+          feature={"image/encoded": image, "image/class/label": label(y)})).SerializeToString())
+  source = datasets.load_source("tfrecord", "validation", str(tmp_path))
+  assert (source.num_classes, source.classes_from_labels) == (2, True)
+  model = lambda classes: [evaluation.LoadedModel(None, "keras", "m.keras", 227, classes)]
+  evaluation._check_dataset(source, model(3), "tfrecord")
+  evaluation._check_dataset(source, model(2), "tfrecord")
+  with pytest.raises(UserError, match="has 2 classes but the model .* has 1;"):
+    evaluation._check_dataset(source, model(1), "tfrecord")
+  (tmp_path / "labels.txt").write_text("a\nb\n")  # A class list: the count is exact.
+  source = datasets.load_source("tfrecord", "validation", str(tmp_path))
+  assert (source.num_classes, source.classes_from_labels) == (2, False)
+  with pytest.raises(UserError, match="has 2 classes but the model .* has 3;"):
+    evaluation._check_dataset(source, model(3), "tfrecord")
+
+
 def test_repeated_evaluation_does_not_retrace(setup):
   """Training evaluates the same model every epoch: the traced step is reused (two traces: the
   full batch and the relaxed partial one), not rebuilt for every call."""

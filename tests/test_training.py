@@ -238,6 +238,27 @@ def test_validation_on_the_training_files_is_noted(tiny_data, tmp_path):
   assert training.validation_overlap_note(shapes_train, shapes_val, tiny_data) is None
 
 
+def test_validation_labels_beyond_the_training_classes_are_refused(tmp_path):
+  """TFRecords without a labels.txt: classes = highest label + 1 of the training split. A
+  validation label beyond it stopped validation with a traceback after the first epoch (a NaN
+  loss on a GPU); now one sentence before training."""
+  label = lambda y: tf.train.Feature(int64_list=tf.train.Int64List(value=[y]))
+  image = tf.train.Feature(bytes_list=tf.train.BytesList(
+      value=[tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()]))
+  for split, labels in (("train", (0, 1, 0, 1)), ("validation", (0, 2))):
+    with tf.io.TFRecordWriter(str(tmp_path / f"{split}-00000-of-00001")) as w:
+      for y in labels:
+        w.write(tf.train.Example(features=tf.train.Features(
+            feature={"image/encoded": image, "image/class/label": label(y)})).SerializeToString())
+  out = run([TRAIN_PY, f"--model_dir={tmp_path / 'run'}", "--dataset=tfrecord",
+             f"--data_dir={tmp_path}", "--batch_size=2", "--noexport"], check=False)
+  assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+      "error: --dataset=tfrecord: the validation split has labels up to 2 but the training "
+      "split only up to 1; put a labels.txt naming every class (line i = label i) beside the "
+      "TFRecords"), out.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
   # A relative --model_dir, as in the README's `python train.py --strategy=mirrored`.
   args = [TRAIN_PY, "--strategy=mirrored", "--cpu_replicas=2", "--dataset=shapes",
