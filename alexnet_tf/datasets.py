@@ -33,11 +33,10 @@ Kinds of `dataset`:
   the split's highest label + 1, `classes_from_labels`: TF-Slim's ImageNet shards, labelled
   1..1000 with 0 as background, give 1001 classes, as in the Model Garden; a validation split
   may then lack the last classes, but not have more than the training split). Record counts
-  come from
-  `metadata.json` next to the files (written by `python -m alexnet_tf.tools.make_tfrecords`)
-  or, without it (the Model Garden's shards), from one pass over the labels, done once and
-  cached in $ALEXNET_TF_CACHE/tfrecord_counts (default ~/.cache/alexnet_tf), keyed by the
-  files' paths, sizes and modification times. A directory's files of the split that its
+  come from `metadata.json` next to the files (written by `python -m
+  alexnet_tf.tools.make_tfrecords`) or, without it (the Model Garden's shards), from one pass
+  over the labels, done once and cached in $ALEXNET_TF_CACHE/tfrecord_counts (default
+  ~/.cache/alexnet_tf), keyed by the files' paths, sizes and modification times. A directory's files of the split that its
   `metadata.json` does not list are an error (not read silently; a glob reads them). Files of
   another convention (TFDS's own, with `image` and `label`) are refused when they load, by their
   first record; a record that is not an image record found later (records are parsed in
