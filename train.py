@@ -9,7 +9,6 @@ Rerunning the same command resumes from the latest checkpoint in --model_dir.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from typing import Sequence

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob as _glob
 import hashlib
 import json
 import logging

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
 import tempfile
 from typing import Any, Mapping, Sequence

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import zlib
