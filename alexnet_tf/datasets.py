@@ -54,6 +54,7 @@ record; TFDS sources use `tfds.even_splits`. All of them work with a single file
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -552,10 +553,12 @@ _COUNTS_CACHE_VERSION = 1
 def _counts_cache_file(files: list[str]) -> str | None:
   """Where `_scan_labels(files)` is cached, keyed by each file's path, size and modification
   time (None where a file cannot be stat'ed)."""
-  try:
-    key = [[f, s.length, s.mtime_nsec] for f in files for s in [tf.io.gfile.stat(f)]]
+  try:  # In threads: on a bucket each stat is a request.
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+      stats = list(pool.map(tf.io.gfile.stat, files))
   except tf.errors.OpError:
     return None
+  key = [[f, s.length, s.mtime_nsec] for f, s in zip(files, stats)]
   digest = hashlib.sha256(json.dumps([_COUNTS_CACHE_VERSION, key]).encode()).hexdigest()[:32]
   return os.path.join(_shapes.cache_root(), "tfrecord_counts", digest + ".json")
 
