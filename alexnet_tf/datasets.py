@@ -38,9 +38,10 @@ Kinds of `dataset`:
   over the labels, done once and cached in $ALEXNET_TF_CACHE/tfrecord_counts (default
   ~/.cache/alexnet_tf), keyed by the files' paths, sizes and modification times. A directory's
   files of the split that its `metadata.json` does not list are an error (not read silently; a
-  glob reads them). Files of another convention (TFDS's own, with `image` and `label`) are refused when they load, by their
-  first record; a record that is not an image record found later (records are parsed in
-  batches, so it cannot be skipped like a corrupt image) stops the run, named FILE:K.
+  glob reads them). Files of another convention (TFDS's own, with `image` and `label`) are
+  refused when they load, by their first record; a record that is not an image record found
+  later (records are parsed in batches, so it cannot be skipped like a corrupt image) stops the
+  run, named FILE:K.
 - `shapes`: the built-in generated dataset (`alexnet_tf.shapes`); `data_dir` is its cache folder
   (default $ALEXNET_TF_CACHE/shapes or ~/.cache/alexnet_tf/shapes), generated on first use
   (3000 train / 600 validation images, 6 classes); a complete shapes dataset of another size
