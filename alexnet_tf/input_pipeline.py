@@ -98,7 +98,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import datasets, preprocessing
-from alexnet_tf.datasets import DatasetSource, parse_error_reason
+from alexnet_tf.datasets import DatasetSource
 from alexnet_tf.errors import UserError
 
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -661,7 +661,7 @@ def malformed_record_error(source: DatasetSource, error: Exception) -> UserError
   if found is None and isinstance(error, UnicodeDecodeError):
     return None
   return datasets.malformed_record_error(*(found or (f"of --dataset={source.name}",
-                                                     parse_error_reason(error))))
+                                                     datasets.parse_error_reason(error))))
 
 
 @dataclasses.dataclass
