@@ -742,13 +742,14 @@ def _check_tfds_features(name: str, image_feature, image_key: str, label_feature
                          label_key: str) -> None:
   """Refuses features the pipeline cannot use: it needs encoded images and ClassLabel labels."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if (not isinstance(image_feature, tfds.features.Image)
-      or image_feature.np_dtype not in (np.uint8, np.uint16)):
+  is_image = isinstance(image_feature, tfds.features.Image)
+  # np_dtype in newer TFDS releases; older ones have only dtype (a tf.DType).
+  dtype = np.dtype(getattr(image_feature, "np_dtype", None)
+                   or tf.as_dtype(image_feature.dtype).as_numpy_dtype) if is_image else None
+  if not is_image or dtype not in (np.uint8, np.uint16):
     # A Tensor feature holds raw pixels (often not RGB: multispectral bands), and a float32
     # Image is stored as packed bytes in a 4-channel PNG; neither decodes to the image.
-    kind = type(image_feature).__name__
-    if isinstance(image_feature, tfds.features.Image):
-      kind += f" of {np.dtype(image_feature.np_dtype).name}"
+    kind = type(image_feature).__name__ + (f" of {dtype.name}" if is_image else "")
     raise UserError(f"TFDS dataset {name}: its {image_key!r} feature is tfds.features.{kind}, "
                     "but this package reads images stored as tfds.features.Image of uint8 or "
                     "uint16 (encoded JPEG/PNG); export the images to a folder or to TFRecords")
