@@ -743,9 +743,7 @@ def _check_tfds_features(name: str, image_feature, image_key: str, label_feature
   """Refuses features the pipeline cannot use: it needs encoded images and ClassLabel labels."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   is_image = isinstance(image_feature, tfds.features.Image)
-  # np_dtype in newer TFDS releases; older ones have only dtype (a tf.DType).
-  dtype = np.dtype(getattr(image_feature, "np_dtype", None)
-                   or tf.as_dtype(image_feature.dtype).as_numpy_dtype) if is_image else None
+  dtype = np.dtype(image_feature.np_dtype) if is_image else None
   if not is_image or dtype not in (np.uint8, np.uint16):
     # A Tensor feature holds raw pixels (often not RGB: multispectral bands), and a float32
     # Image is stored as packed bytes in a 4-channel PNG; neither decodes to the image.

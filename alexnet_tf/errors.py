@@ -20,8 +20,10 @@ def check_writable_dir(name: str, path: str) -> None:
   """UserError unless `path` is a folder, or one can be created there, that we may write in.
 
   For outputs, checked before the work: a bad path should not cost a run. `name` is how the
-  user gave it ("--model_dir", "DST").
+  user gave it ("--model_dir", "DST"). A URL (gs://...) is left to TF's file systems.
   """
+  if "://" in path:
+    return
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"{name} {path!r} exists and is not a directory.")
   parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
@@ -35,6 +37,8 @@ def check_writable_dir(name: str, path: str) -> None:
 
 def check_writable_file(name: str, path: str) -> None:
   """UserError unless a file can be written at `path`, in its folder or one created for it."""
+  if "://" in path:
+    return
   if os.path.isdir(path):
     raise UserError(f"{name} {path!r} is a directory; give a file name.")
   check_writable_dir(name, os.path.dirname(os.path.abspath(path)))

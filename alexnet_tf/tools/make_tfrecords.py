@@ -89,8 +89,7 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
     raise UserError("--size must be >= 1, --quality in 1..100, --num_shards >= 0")
   if not tf.io.gfile.isdir(os.path.expanduser(src)):
     raise UserError(f"SRC={src} is not a folder (expected SRC/<split>/<label>/*.jpg)")
-  if "://" not in dst:  # A local DST is checked now; a bucket's errors come from TF.
-    check_writable_dir("DST", dst)
+  check_writable_dir("DST", dst)
   # Shards of an earlier run with another shard count would stay beside the new ones, and
   # `--dataset=tfrecord --data_dir=DST` would read both.
   earlier = sorted(tf.io.gfile.glob(os.path.join(dst, "*.tfrecord")))
