@@ -79,6 +79,51 @@ def test_make_tfrecords_cli(image_folder, tmp_path):
     assert bad.returncode == 1 and f"error: {message}" in bad.stderr, bad.stderr
 
 
+class _FailingWriter(tf.io.TFRecordWriter):
+  """A TFRecordWriter whose writes fail after the first few, as on a full disk or a Ctrl-C."""
+
+  writes = 0
+  error: BaseException = tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+  def write(self, record):
+    type(self).writes += 1
+    if type(self).writes > 3:
+      raise type(self).error
+    super().write(record)
+
+
+@pytest.mark.parametrize("error", [tf.errors.ResourceExhaustedError(None, None, "disk full"),
+                                   KeyboardInterrupt()])
+def test_make_tfrecords_interrupted_leaves_no_shards(image_folder, tmp_path, monkeypatch, error):
+  # The shards of an interrupted run used to stay in DST, and `--dataset=tfrecord` read them
+  # (without metadata.json) as a smaller dataset; a full disk was a traceback.
+  root = image_folder(classes=("a", "b"), per_class=3, splits=("train", "val"))
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / ".train-00000-of-00009.tfrecord.partial").write_bytes(b"left by a killed run")
+  monkeypatch.setattr(_FailingWriter, "writes", 0)
+  monkeypatch.setattr(_FailingWriter, "error", error)
+  monkeypatch.setattr(tf.io, "TFRecordWriter", _FailingWriter)
+  expected = (pytest.raises(KeyboardInterrupt) if isinstance(error, KeyboardInterrupt) else
+              pytest.raises(UserError, match=re.escape(
+                  f"cannot write the TFRecords in DST={out}: disk full (nothing was kept)")))
+  with expected:
+    make_tfrecords.convert(root, str(out), num_shards=2, log=lambda _: None)
+  assert os.listdir(out) == []
+  with pytest.raises(UserError, match="no TFRecord files for split 'train'"):
+    datasets.load_source("tfrecord", "train", str(out))
+  # The next run writes everything, also over a killed run's leftovers.
+  (out / ".train-00000-of-00009.tfrecord.partial").write_bytes(b"left by a killed run")
+  monkeypatch.setattr(_FailingWriter, "writes", -100)
+  meta = make_tfrecords.convert(root, str(out), num_shards=2, log=lambda _: None)
+  assert sorted(os.listdir(out)) == [
+      "labels.txt", "metadata.json", "train-00000-of-00002.tfrecord",
+      "train-00001-of-00002.tfrecord", "validation-00000-of-00002.tfrecord",
+      "validation-00001-of-00002.tfrecord"]
+  assert meta["splits"]["train"]["num_examples"] == 6
+  assert datasets.load_source("tfrecord", "validation", str(out)).num_examples == 6
+
+
 def _flat_colour_dataset(root, colours):
   """PNG images of one flat colour each: their pixel covariance is exactly that of `colours`."""
   for i, c in enumerate(colours):

@@ -17,12 +17,16 @@ TFRecords yet) receives
                                              `--dataset=tfrecord --data_dir=DST`)
 
 The records of a split are shuffled once (seed 0) before sharding, so every shard mixes all
-classes. Corrupt or non-image files are skipped and listed. Use with
+classes. Corrupt or non-image files are skipped and listed. The files are written under hidden
+names (`.NAME.partial`) and take their names only when every split is written, metadata.json
+last: an interrupted run (Ctrl-C, a full disk) leaves nothing that reads as a smaller dataset, and
+the next run removes a killed run's `.partial` files. Use with
 `train.py --dataset=tfrecord --data_dir=DST`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,6 +39,8 @@ from alexnet_tf.errors import UserError, check_writable_dir, run_cli
 
 FLAGS = flags.FLAGS
 
+# Files being written; renamed to their names when the conversion is complete.
+PARTIAL_SUFFIX = ".partial"
 
 
 def define_flags() -> None:
@@ -107,28 +113,71 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
     raise UserError(f"{src} has no train or validation folder (expected SRC/<split>/<label>/*.jpg)")
   class_names = next(iter(splits.values())).class_names
   tf.io.gfile.makedirs(dst)
+  for stale in _partial_files(dst):
+    tf.io.gfile.remove(stale)  # Left by an interrupted run.
   metadata = {"format": "alexnet_tf.tfrecord.v1", "size": size, "class_names": class_names,
               "num_classes": len(class_names), "splits": {}, "files": {}, "skipped": {}}
-  fn = _resize_fn(size, quality)
-  for split, source in splits.items():
-    order = list(range(source.num_examples))
-    random.Random(0).shuffle(order)
-    files = [source.files[k] for k in order]
-    labels = [source.labels[k] for k in order]
-    shards = num_shards or max(1, math.ceil(len(files) / 1000))
-    shards = min(shards, len(files))
-    names = [f"{split}-{s:05d}-of-{shards:05d}.tfrecord" for s in range(shards)]
-    writers = [tf.io.TFRecordWriter(os.path.join(dst, n)) for n in names]
-    counts = [0] * shards
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), files))
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
-    done = set()
+  # Everything is written under hidden names and renamed when all of it is done: the shards of
+  # an interrupted run (Ctrl-C, a full disk) would otherwise read as a smaller dataset.
+  names = []
+  try:
+    for split, source in splits.items():
+      names += _write_split(split, source, src, dst, class_names, num_shards,
+                            _resize_fn(size, quality), metadata, log)
+    _write_text(_partial(dst, datasets.LABELS_FILE), "\n".join(class_names) + "\n")
+    _write_text(_partial(dst, datasets.METADATA_FILE), json.dumps(metadata, indent=1))
+  except BaseException as e:
+    for path in _partial_files(dst):
+      tf.io.gfile.remove(path)
+    if isinstance(e, tf.errors.OpError):
+      raise UserError(f"cannot write the TFRecords in DST={dst}: "
+                      f"{e.message.splitlines()[0]} (nothing was kept)") from None
+    raise
+  # metadata.json last: with it, `--dataset=tfrecord` reads only the files it lists.
+  for name in names + [datasets.LABELS_FILE, datasets.METADATA_FILE]:
+    tf.io.gfile.rename(_partial(dst, name), os.path.join(dst, name), overwrite=True)
+  return metadata
+
+
+def _partial(dst: str, name: str) -> str:
+  return os.path.join(dst, "." + name + PARTIAL_SUFFIX)
+
+
+def _partial_files(dst: str) -> list[str]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alexnet_tf import datasets  # pylint: disable=g-import-not-at-top
+  return [path for name in ("*.tfrecord", datasets.LABELS_FILE, datasets.METADATA_FILE)
+          for path in tf.io.gfile.glob(_partial(dst, name))]
+
+
+def _write_text(path: str, text: str) -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text)
+
+
+def _write_split(split: str, source, src: str, dst: str, class_names: list[str],
+                 num_shards: int, fn, metadata: dict, log: Callable[[str], None]) -> list[str]:
+  """Writes one split's shards under their `_partial` names; returns the shards' names."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  order = list(range(source.num_examples))
+  random.Random(0).shuffle(order)
+  files = [source.files[k] for k in order]
+  labels = [source.labels[k] for k in order]
+  shards = num_shards or max(1, math.ceil(len(files) / 1000))
+  shards = min(shards, len(files))
+  names = [f"{split}-{s:05d}-of-{shards:05d}.tfrecord" for s in range(shards)]
+  counts = [0] * shards
+  ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), files))
+  ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+  done = set()
+  with contextlib.ExitStack() as stack:
+    writers = [stack.enter_context(tf.io.TFRecordWriter(_partial(dst, n))) for n in names]
     for index, encoded, h, w in ds.as_numpy_iterator():
       index = int(index)
       done.add(index)
       shard = index * shards // len(files)
-      path = files[index]
-      rel = os.path.relpath(path, src)
+      rel = os.path.relpath(files[index], src)
       example = tf.train.Example(features=tf.train.Features(feature={
           "image/encoded": _bytes_feature(encoded),
           "image/format": _bytes_feature(b"JPEG"),
@@ -140,20 +189,14 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
       }))
       writers[shard].write(example.SerializeToString())
       counts[shard] += 1
-    for writer in writers:
-      writer.close()
-    skipped = [os.path.relpath(files[k], src) for k in range(len(files)) if k not in done]
-    for skip in skipped:
-      log(f"skipped corrupt or unreadable image: {skip}")
-    metadata["splits"][split] = {"num_examples": sum(counts), "num_shards": shards}
-    metadata["files"].update(dict(zip(names, counts)))
-    metadata["skipped"][split] = skipped
-    log(f"{split}: {sum(counts)} images in {shards} shard(s), {len(skipped)} skipped")
-  with tf.io.gfile.GFile(os.path.join(dst, datasets.LABELS_FILE), "w") as f:
-    f.write("\n".join(class_names) + "\n")
-  with tf.io.gfile.GFile(os.path.join(dst, datasets.METADATA_FILE), "w") as f:
-    json.dump(metadata, f, indent=1)
-  return metadata
+  skipped = [os.path.relpath(files[k], src) for k in range(len(files)) if k not in done]
+  for skip in skipped:
+    log(f"skipped corrupt or unreadable image: {skip}")
+  metadata["splits"][split] = {"num_examples": sum(counts), "num_shards": shards}
+  metadata["files"].update(dict(zip(names, counts)))
+  metadata["skipped"][split] = skipped
+  log(f"{split}: {sum(counts)} images in {shards} shard(s), {len(skipped)} skipped")
+  return names
 
 
 def main(argv: Sequence[str]) -> None:
