@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -161,6 +162,21 @@ def test_dataset_stats_recovers_known_covariance(tmp_path):
   loaded = data_flags.load_stats(str(tmp_path / "s.json"))
   assert loaded["mean"] == doc["mean"] and loaded["mean_image"] == str(tmp_path / "m.npy")
   assert np.load(loaded["mean_image"]).shape == (256, 256, 3)
+  # A write that fails half-way (a full disk) leaves the earlier files as they were (it used
+  # to leave a truncated JSON, which train.py --stats then refused).
+  before = (tmp_path / "s.json").read_bytes(), (tmp_path / "m.npy").read_bytes()
+
+  def dump_half_then_fail(obj, f, **kwargs):
+    f.write(json.dumps(obj, **kwargs)[:50])
+    raise OSError(28, "No space left on device")
+
+  with mock.patch.object(dataset_stats.json, "dump", dump_half_then_fail):
+    with pytest.raises(OSError, match=re.escape(f"No space left on device: "
+                                                f"'{tmp_path / 's.json'}'")):
+      dataset_stats.write_stats(dict(stats, num_images=39), str(tmp_path / "s.json"),
+                                dataset="folder", split="train")
+  assert ((tmp_path / "s.json").read_bytes(), (tmp_path / "m.npy").read_bytes()) == before
+  assert sorted(os.listdir(tmp_path)) == ["flat", "m.npy", "s.json"]
 
 
 def test_dataset_stats_on_damaged_tfrecords_is_one_sentence(image_folder, tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from absl import flags
@@ -110,7 +110,10 @@ def compute_stats(source, *, mean_image: bool = False, max_images: int | None = 
 
 def write_stats(stats: dict, output: str, *, dataset: str, split: str,
                 mean_image_path: str | None = None) -> dict:
-  """Writes the JSON (and the mean image .npy); returns the JSON object written."""
+  """Writes the JSON (and the mean image .npy); returns the JSON object written.
+
+  Each file replaces an earlier one only once it is written in full.
+  """
   from alexnet_tf import preprocessing  # pylint: disable=g-import-not-at-top
   doc = {
       "mean": [float(v) for v in stats["mean"]],
@@ -128,13 +131,28 @@ def write_stats(stats: dict, output: str, *, dataset: str, split: str,
   if mean_image_path:
     if "mean_image" not in stats:
       raise ValueError("stats has no mean_image")
-    os.makedirs(os.path.dirname(os.path.abspath(mean_image_path)), exist_ok=True)
-    np.save(mean_image_path, stats["mean_image"].astype(np.float32))
+    mean_image = stats["mean_image"].astype(np.float32)
+    _write_replacing(mean_image_path, lambda f: np.save(f, mean_image), binary=True)
     doc["mean_image"] = os.path.abspath(mean_image_path)
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w", encoding="utf-8") as f:
-    json.dump(doc, f, indent=1)
+  _write_replacing(output, lambda f: json.dump(doc, f, indent=1))
   return doc
+
+
+def _write_replacing(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
+  """`write`s PATH through a temporary file beside it, so that a write that fails (a full disk,
+  Ctrl-C) leaves an earlier file at PATH as it was. OSErrors name PATH."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:
+    with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    if isinstance(e, OSError):
+      raise OSError(e.errno, e.strerror, path) from None
+    raise
 
 
 def main(argv: Sequence[str]) -> None:
