@@ -86,7 +86,7 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
 
   Raises:
     UserError: SRC is not a folder dataset (see `alexnet_tf.datasets.load_folder`), DST already
-      holds TFRecords, bad options.
+      holds TFRecords, bad options, a write failed (DST then holds none of this run's files).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_tf import datasets  # pylint: disable=g-import-not-at-top
