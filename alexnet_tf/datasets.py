@@ -18,10 +18,11 @@ Kinds of `dataset`:
   one, else the TFDS record id. The image feature must be a `tfds.features.Image` of uint8 or
   uint16 (encoded JPEG/PNG) and the label a `ClassLabel`; other datasets are refused when they
   load (raw pixel tensors, float images, labels without a class count).
-- `folder`: `data_dir=ROOT` with ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif} (the TFDS
+- `folder`: `data_dir=ROOT` with ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif,webp} (the TFDS
   ImageFolder layout). Split `validation` also accepts folders named `val` or `test`. Class names
   are the sorted folder names of ROOT/train (of the split itself when there is no train folder);
-  label = index in that list. Files with other extensions are ignored.
+  label = index in that list. Files with other extensions are ignored, with a warning that
+  counts them and names a few; hidden files (.DS_Store) silently.
 - `tfrecord`: `data_dir` is a directory or a glob of TFRecord files of `tf.train.Example`s with
   `image/encoded` (bytes) and `image/class/label` (int64, 0-based), optionally `image/filename`
   and `image/height`, `image/width` (the ImageNet convention of the TF Model Garden / TF-Slim;
@@ -76,7 +77,7 @@ from alexnet_tf.errors import UserError
 
 SPLITS = ("train", "validation")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "test")}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"
@@ -446,7 +447,7 @@ def _list_classes(split_dir: str) -> list[str]:
 
 
 def load_folder(root: str, split: str) -> FileListSource:
-  """A `folder` source: ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif}."""
+  """A `folder` source: ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif,webp}."""
   root = os.path.expanduser(root)
   if not tf.io.gfile.isdir(root):
     raise UserError(f"--data_dir={root} is not a folder (expected ROOT/<split>/<label>/*.jpg)")
@@ -460,18 +461,23 @@ def load_folder(root: str, split: str) -> FileListSource:
   unknown = sorted(set(present) - set(class_names))
   if unknown:
     raise UserError(f"label folders {unknown[:5]} of {split_dir} are not in {train_dir}")
-  files, labels = [], []
+  files, labels, ignored = [], [], []
   for label, name in enumerate(class_names):
     if name not in present:
       continue
     class_dir = os.path.join(split_dir, name)
-    names = sorted(f for f in tf.io.gfile.listdir(class_dir)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    entries = sorted(f for f in tf.io.gfile.listdir(class_dir) if not f.startswith("."))
+    names = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not names:
-      raise UserError(f"label folder {class_dir} has no images (*.jpg, *.jpeg, *.png, *.bmp, "
-                      "*.gif)")
+      raise UserError(f"label folder {class_dir} has no images ("
+                      + ", ".join("*" + e for e in IMAGE_EXTENSIONS) + ")")
     files.extend(os.path.join(class_dir, f) for f in names)
     labels.extend([label] * len(names))
+    ignored.extend(os.path.join(name, f) for f in sorted(set(entries) - set(names)))
+  if ignored:  # A .tif or .heic is not read, and the user may not expect that.
+    _log.warning("Ignored %d file(s) in %s that are not images (%s): %s", len(ignored), split_dir,
+                 ", ".join("*" + e for e in IMAGE_EXTENSIONS), ", ".join(ignored[:3])
+                 + (", ..." if len(ignored) > 3 else ""))
   return FileListSource(name="folder", split=split, num_examples=len(files),
                         num_classes=len(class_names), class_names=class_names,
                         files=files, labels=labels)

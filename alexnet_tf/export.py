@@ -13,7 +13,7 @@ SIGKILL leaves a `.tmp-export-*` directory behind, which servers ignore.
 
 Signatures (each output is a batch of the same size as the input):
 
-  serving_default   image_bytes: string [None], encoded JPEG/PNG (also GIF/BMP; gray and
+  serving_default   image_bytes: string [None], encoded JPEG/PNG (also GIF/BMP/WebP; gray and
                     RGBA converted to RGB). In the graph: decode, shorter side to 256, the
                     central 256x256 patch, the central image_size crop (the paper's test
                     preprocessing, `alexnet_tf.preprocessing`); the model subtracts the mean.

@@ -19,8 +19,8 @@ see `_decode_jpeg_window` for why it starts the decode a few columns early) and 
 with one bilinear resize. This is equivalent to resize-then-crop up to resampling: the window is
 rounded to whole source pixels (≤ 1 source pixel of shift/size) and the bilinear weights are those
 of one resize from the window instead of two steps. Images smaller than 256 (m < 256) are upscaled
-in the same way. Non-JPEG inputs (PNG, GIF, BMP) are decoded fully and the same window is sliced
-out.
+in the same way. Non-JPEG inputs (PNG, GIF, BMP, WebP) are decoded fully and the same window is
+sliced out.
 
 Randomness is stateless: every random op takes a `seed` tensor of shape [2] (int32/int64), so the
 same (seed, image) gives the same augmentation; the input pipeline derives one seed per group of
@@ -64,7 +64,7 @@ _JPEG_MCU_WIDTH = 16
 
 
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
-  """Decodes one encoded image (JPEG, PNG, GIF, BMP) to RGB uint8 [H, W, 3].
+  """Decodes one encoded image (JPEG, PNG, GIF, BMP, WebP) to RGB uint8 [H, W, 3].
 
   Gray, gray+alpha and RGBA images are converted to RGB (alpha dropped); CMYK JPEGs are
   converted to RGB by libjpeg; of an animated GIF the first frame is used.
@@ -133,7 +133,7 @@ def decode_crop_and_resize(image_bytes: tf.Tensor, crop_size: int,
   for JPEGs.
 
   Args:
-    image_bytes: scalar tf.string, an encoded JPEG/PNG/GIF/BMP.
+    image_bytes: scalar tf.string, an encoded JPEG/PNG/GIF/BMP/WebP.
     crop_size: side of the output (≤ fixed_size).
     offset: (y, x) offset of the crop inside the fixed_size² patch, each in
       [0, fixed_size − crop_size]; None for the centre.

@@ -26,7 +26,7 @@ SMALL_VALIDATION = 24
 def encode_image(array: np.ndarray, fmt: str = "JPEG", quality: int = 95,
                  subsampling: int = -1) -> bytes:
   """Encodes a uint8 [H, W, 3] (or [H, W]) array; fmt JPEG, PNG, CMYK (JPEG), GRAY (JPEG),
-  GRAYPNG, RGBA (PNG), PALETTE (PNG). `subsampling` (JPEG, PIL's codes): 2 = 4:2:0, 1 = 4:2:2,
+  GRAYPNG, RGBA (PNG), PALETTE (PNG), WEBP (lossless). `subsampling` (JPEG, PIL's codes): 2 = 4:2:0, 1 = 4:2:2,
   0 = 4:4:4, -1 = PIL's default."""
   image = Image.fromarray(np.asarray(array, np.uint8))
   buf = io.BytesIO()
@@ -45,6 +45,8 @@ def encode_image(array: np.ndarray, fmt: str = "JPEG", quality: int = 95,
     image.convert("P", palette=Image.ADAPTIVE).save(buf, "PNG")
   elif fmt == "PNG":
     image.save(buf, "PNG")
+  elif fmt == "WEBP":
+    image.save(buf, "WEBP", lossless=True)
   else:
     raise ValueError(fmt)
   return buf.getvalue()

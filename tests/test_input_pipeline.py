@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 
@@ -436,3 +437,36 @@ def test_undecodable_file_with_valid_markers_does_not_kill_the_run(image_folder)
   # Only the undecodable record is dropped, not the batch it would have been in.
   assert [len(y) for _, y in ip.build_train_dataset(src, 2, repeat=False, seed=0)] == [2]
   assert [len(y) for _, y in ip.build_eval_dataset(src, 3)] == [2]
+
+
+def test_webp_images_are_read_and_checked(tmp_path, caplog):
+  """WebP files are images (a folder source ignored them, and a WebP record was "corrupt"); a
+  truncated one is skipped and counted like any corrupt file; other files are ignored with a
+  warning that names them (they were ignored silently)."""
+  rng = np.random.default_rng(0)
+  pixels = smooth_image(rng, 300, 260)
+  webp = encode_image(pixels, "WEBP")
+  files = {"a/0.png": encode_image(pixels, "PNG"), "a/1.webp": webp, "a/2.webp": webp[:-10],
+           "b/0.webp": encode_image(smooth_image(rng, 240, 320), "WEBP"), "b/notes.txt": b"x",
+           "b/scan.tif": b"II*\0"}
+  for name, data in files.items():
+    path = tmp_path / "data" / "train" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+  with caplog.at_level(logging.WARNING, logger="alexnet_tf.datasets"):
+    src = datasets.load_source("folder", "train", str(tmp_path / "data"))
+  assert src.num_examples == 4
+  assert "Ignored 2 file(s)" in caplog.text and "b/notes.txt, b/scan.tif" in caplog.text
+  counter = ip.CorruptCounter()
+  images = np.concatenate([x.numpy() for x, _ in ip.build_eval_dataset(src, 2, counter=counter)])
+  assert len(images) == 3 and counter.total == 1
+  assert [os.path.basename(f) for f in counter.recent_files] == ["2.webp"]
+  np.testing.assert_array_equal(images[0], images[1])  # A PNG and a lossless WebP, same pixels.
+  counter = ip.CorruptCounter()
+  train = ip.build_train_dataset(src, 1, seed=0, repeat=False, counter=counter)
+  assert sum(len(y) for _, y in train) == 3 and counter.total == 1
+  # The check reads the RIFF header's size: a file shorter than it says, or another RIFF
+  # format, is not a WebP.
+  assert ip.is_valid_image(tf.constant([webp, webp[:-1], webp + b"\0", b"RIFF",
+                                        b"RIFF\x04\0\0\0WAVE"])).numpy().tolist() == [
+                                            True, False, True, False, False]
