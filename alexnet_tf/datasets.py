@@ -42,7 +42,8 @@ Kinds of `dataset`:
   glob reads them). Files of another convention (TFDS's own, with `image` and `label`) are
   refused when they load, by their first record; a record that is not an image record found
   later (records are parsed in batches, so it cannot be skipped like a corrupt image) stops the
-  run, named FILE:K.
+  run, named FILE:K. Files may be uncompressed or GZIP or ZLIB compressed (TFRecordOptions),
+  all of a split the same way: the first file with a record tells which.
 - `shapes`: the built-in generated dataset (`alexnet_tf.shapes`); `data_dir` is its cache folder
   (default $ALEXNET_TF_CACHE/shapes or ~/.cache/alexnet_tf/shapes), generated on first use
   (3000 train / 600 validation images, 6 classes); a complete shapes dataset of another size
@@ -222,6 +223,8 @@ class TFRecordSource(DatasetSource):
   """Records from TFRecord files of tf.train.Example (ImageNet convention)."""
   files: list[str] = dataclasses.field(default_factory=list, repr=False)
   file_counts: list[int] | None = dataclasses.field(default=None, repr=False)
+  # TFRecordDataset's compression_type of the files: "" (none), "GZIP" or "ZLIB".
+  compression: str = ""
 
   def _by_file(self, n: int) -> bool:
     return len(self.files) >= n
@@ -243,7 +246,7 @@ class TFRecordSource(DatasetSource):
       # Dataset.range, not Dataset.counter, which runs a scan function per record.
       return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(path).repeat(),
                                   tf.data.Dataset.range(sys.maxsize),
-                                  tf.data.TFRecordDataset(path)))
+                                  tf.data.TFRecordDataset(path, self.compression)))
 
     ds = files.interleave(_read, cycle_length=min(len(self.files), 16),
                           num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
@@ -260,7 +263,8 @@ class TFRecordSource(DatasetSource):
     """
     for path in self.files:
       try:
-        tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+        tf.data.TFRecordDataset(path, self.compression).reduce(tf.constant(0, tf.int64),
+                                                               lambda n, _: n + 1)
       except tf.errors.DataLossError:
         return path
     return None
@@ -270,7 +274,7 @@ class TFRecordSource(DatasetSource):
 
     Reads every record once: for the error path, not for every run.
     """
-    return first_malformed_record(self.files)
+    return first_malformed_record(self.files, self.compression)
 
   def shard_num_examples(self, input_context=None):
     n, i = _shard(input_context)
@@ -307,13 +311,14 @@ def parse_error_reason(error: Exception) -> str:
   return " ".join(re.sub(r"Index: \d+\.|\[Op:.*", "", reason).split())
 
 
-def first_malformed_record(files: Sequence[str]) -> tuple[str, str] | None:
+def first_malformed_record(files: Sequence[str], compression: str = ""
+                           ) -> tuple[str, str] | None:
   """The first record of `files` that is not an image record (`_FEATURES`), as ("FILE:K", why),
   if any. Reads every record once: for the error path."""
   for path in files:
     start = 0
     try:
-      for batch in tf.data.TFRecordDataset(path).batch(1024):
+      for batch in tf.data.TFRecordDataset(path, compression).batch(1024):
         try:
           tf.io.parse_example(batch, _FEATURES)
         except PARSE_ERRORS:
@@ -335,15 +340,39 @@ def malformed_record_error(name: str, reason: str) -> UserError:
                    "remove its file")
 
 
-def _check_first_record(path: str) -> None:
-  """Refuses TFRecords of another convention (TFDS's own files, say) before anything reads them:
-  one record, the first of the first file, is enough to tell."""
-  try:
-    records = [r.numpy() for r in tf.data.TFRecordDataset(path).take(1)]
-  except tf.errors.OpError as e:
-    raise UserError(f"cannot read TFRecord file {path}: {e.message.splitlines()[0]}") from None
-  if not records:
-    return
+def op_error_reason(error: tf.errors.OpError) -> str:
+  """TF's message without its graph context ("{{function_node ...}}", "[Op:...]")."""
+  line = error.message.strip().splitlines()[0] if error.message.strip() else ""
+  return " ".join(re.sub(r"\{\{.*?\}\}|\[Op:.*", "", line).split()) or type(error).__name__
+
+
+def _first_record(files: Sequence[str]) -> tuple[str, bytes | None, str]:
+  """(file, its first record, compression) of the first file of `files` that has a record
+  (None where none has), and the compression ("", "GZIP", "ZLIB") it reads with."""
+  for path in files:
+    errors = []
+    for compression in ("", "GZIP", "ZLIB"):  # Uncompressed first: the common case.
+      try:
+        records = [r.numpy() for r in tf.data.TFRecordDataset(path, compression).take(1)]
+      except tf.errors.OpError as e:
+        errors.append(e)
+        continue
+      if records:
+        return path, records[0], compression
+      break  # An empty file; the next one tells.
+    if len(errors) == 3:
+      raise UserError(f"cannot read TFRecord file {path}: {op_error_reason(errors[0])} (read "
+                      "uncompressed, and as GZIP and ZLIB)")
+  return files[0], None, ""
+
+
+def _check_first_record(files: Sequence[str]) -> str:
+  """Refuses TFRecords of another convention (TFDS's own files, say) before anything reads them,
+  and returns the files' compression: one record, the first, is enough to tell."""
+  path, record, compression = _first_record(files)
+  if record is None:
+    return compression
+  records = [record]
   try:  # protobuf first: TF's parser would log the whole record were it not an Example.
     keys = sorted(tf.train.Example.FromString(records[0]).features.feature)
   except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
@@ -351,7 +380,7 @@ def _check_first_record(path: str) -> None:
   else:
     try:
       tf.io.parse_example(tf.constant(records), _FEATURES)
-      return
+      return compression
     except tf.errors.InvalidArgumentError as e:
       reason = parse_error_reason(e)
   has = ("its first record is not a tf.train.Example" if keys is None
@@ -530,12 +559,12 @@ def _read_metadata(directory: str) -> dict | None:
     raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
-def _scan_labels(files: list[str]) -> tuple[list[int], int, int]:
+def _scan_labels(files: list[str], compression: str = "") -> tuple[list[int], int, int]:
   """One pass over the records: (count per file, min label, max label)."""
   counts, lo, hi = [], None, None
   feature = {"image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
   for path in files:
-    ds = tf.data.TFRecordDataset(path).batch(1024).map(
+    ds = tf.data.TFRecordDataset(path, compression).batch(1024).map(
         lambda r: tf.io.parse_example(r, feature)["image/class/label"])
     init = (tf.constant(0, tf.int64), tf.constant(2**62, tf.int64), tf.constant(-2**62, tf.int64))
     try:
@@ -543,10 +572,10 @@ def _scan_labels(files: list[str]) -> tuple[list[int], int, int]:
                                                tf.minimum(s[1], tf.reduce_min(y)),
                                                tf.maximum(s[2], tf.reduce_max(y))))
     except PARSE_ERRORS as e:  # A label of another type or length, not an Example.
-      raise malformed_record_error(*(first_malformed_record([path])
+      raise malformed_record_error(*(first_malformed_record([path], compression)
                                      or (path, parse_error_reason(e)))) from None
     except tf.errors.OpError as e:
-      raise UserError(f"cannot read TFRecord file {path}: {e.message.splitlines()[0]}") from None
+      raise UserError(f"cannot read TFRecord file {path}: {op_error_reason(e)}") from None
     counts.append(int(n))
     if int(n):
       lo = int(a) if lo is None else min(lo, int(a))
@@ -594,7 +623,7 @@ def _write_counts_cache(path: str, counts: list[int], lo: int, hi: int) -> None:
       os.remove(tmp)
 
 
-def _scan_labels_cached(files: list[str]) -> tuple[list[int], int, int]:
+def _scan_labels_cached(files: list[str], compression: str = "") -> tuple[list[int], int, int]:
   """`_scan_labels`, done once per set of files: a pass over ImageNet's TFRecords (~140 GB)
   takes minutes, and train.py would repeat it at every start and resume."""
   path = _counts_cache_file(files)
@@ -603,7 +632,7 @@ def _scan_labels_cached(files: list[str]) -> tuple[list[int], int, int]:
     return cached
   _log.info("Counting the records of %d TFRecord file(s) (%s, ...) once: there is no %s beside "
             "them%s", len(files), files[0], METADATA_FILE, f"; cached in {path}" if path else "")
-  counts, lo, hi = _scan_labels(files)
+  counts, lo, hi = _scan_labels(files, compression)
   if path:
     _write_counts_cache(path, counts, lo, hi)
   return counts, lo, hi
@@ -612,7 +641,7 @@ def _scan_labels_cached(files: list[str]) -> tuple[list[int], int, int]:
 def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
   """A `tfrecord` source (see the module docstring for the file layout)."""
   files = _tfrecord_files(data_dir, split)
-  _check_first_record(files[0])
+  compression = _check_first_record(files)
   directory = os.path.dirname(files[0])
   class_names = _read_labels_file(directory)
   meta = _read_metadata(directory)
@@ -633,7 +662,7 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
     if class_names is None and meta.get("class_names"):
       class_names = list(meta["class_names"])
   if counts is None or num_classes is None:
-    scanned, lo, hi = _scan_labels_cached(files)
+    scanned, lo, hi = _scan_labels_cached(files, compression)
     counts = counts or scanned
     if lo < 0:
       raise UserError(f"TFRecords {files[0]}...: records without image/class/label or with "
@@ -651,7 +680,8 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
                     f"({files[0]}...)")
   return TFRecordSource(name="tfrecord", split=split, num_examples=total,
                         num_classes=num_classes, class_names=class_names, files=files,
-                        file_counts=counts, classes_from_labels=classes_from_labels)
+                        file_counts=counts, classes_from_labels=classes_from_labels,
+                        compression=compression)
 
 
 def _tfds_split_name(info, split: str) -> str:

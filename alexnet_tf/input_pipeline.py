@@ -610,7 +610,6 @@ def build_eval_dataset(source: DatasetSource, batch_size: int, image_size: int =
 _STRICT_CORRUPT = re.compile(r"assertion failed: \[corrupt image file \(--strict_data\):\] "
                              r"\[(.*)\]$", re.MULTILINE)
 _PIPELINE_ERROR = re.compile(r"transformation with iterator: \S+: (.*)$", re.MULTILINE)
-_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
 def strict_data_error(error: tf.errors.OpError) -> UserError | None:
@@ -629,7 +628,7 @@ def strict_data_error(error: tf.errors.OpError) -> UserError | None:
   if failed:
     reason = failed.group(1)
   elif isinstance(error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError)):
-    reason = _FUNCTION_NODE.sub("", message.strip().splitlines()[0])  # "PATH; No such file …"
+    reason = datasets.op_error_reason(error)  # "PATH; No such file or directory"
   else:
     return None
   return UserError(f"an image could not be read or decoded (--strict_data): {reason}; rerun "
@@ -656,13 +655,13 @@ def damaged_data_error(source: DatasetSource, error: tf.errors.DataLossError) ->
   """The one-sentence error for a damaged data file of `source` (a truncated TFRecord shard):
   not one record's image, so it cannot be skipped like a corrupt record. Names the file where
   the source can find it (`TFRecordSource.first_damaged_file` reads each file once)."""
-  reason = _FUNCTION_NODE.sub("", str(error).strip().splitlines()[0]).split(" [Op:")[0]
+  reason = datasets.op_error_reason(error)
   find = getattr(source, "first_damaged_file", None)
   damaged = find() if find else None
   if damaged:
-    return UserError(f"TFRecord file {damaged} is damaged ({reason.strip()}); write it again "
+    return UserError(f"TFRecord file {damaged} is damaged ({reason}); write it again "
                      "(e.g. with python -m alexnet_tf.tools.make_tfrecords) or remove it")
-  return UserError(f"a data file of --dataset={source.name} is damaged ({reason.strip()}); "
+  return UserError(f"a data file of --dataset={source.name} is damaged ({reason}); "
                    "prepare the dataset again")
 
 

@@ -146,6 +146,43 @@ def test_tfrecord_source(image_folder, tmp_path):
     datasets.load_source("tfrecord", "train", os.path.join(dst, "nothing-*"))
 
 
+@pytest.mark.parametrize("compression", ["GZIP", "ZLIB"])
+def test_compressed_tfrecords_are_read(image_folder, tmp_path, isolated_cache, compression):
+  """TFRecords written with TFRecordOptions(compression_type=...) read like uncompressed ones
+  (they were refused with "corrupted record at 0"); the compression is found at load."""
+  plain = _make_records(image_folder(classes=("a", "b"), per_class=3, splits=("train",)),
+                        tmp_path, num_shards=2)
+  out = tmp_path / "compressed"
+  out.mkdir()
+  (out / "train-00000-of-00003.tfrecord").write_bytes(b"")  # An empty file tells nothing.
+  for k in (0, 1):
+    name = f"train-0000{k}-of-00002.tfrecord"
+    with tf.io.TFRecordWriter(str(out / f"train-0000{k + 1}-of-00003.tfrecord"),
+                              tf.io.TFRecordOptions(compression_type=compression)) as w:
+      for record in tf.data.TFRecordDataset(os.path.join(plain, name)):
+        w.write(record.numpy())
+  src = datasets.load_source("tfrecord", "train", str(out))  # No metadata.json: counted.
+  assert (src.compression, src.num_examples, src.num_classes) == (compression, 6, 2)
+  expected = sorted((r["filename"], r["image"]) for r in _all(
+      datasets.load_source("tfrecord", "train", plain).records()))
+  assert sorted((r["filename"], r["image"]) for r in _all(src.records())) == expected
+  assert src.first_damaged_file() is None and src.first_malformed_record() is None
+  images, _ = next(iter(input_pipeline.build_train_dataset(src, 4, seed=0)))
+  assert images.shape == (4, 227, 227, 3)
+  # A truncated compressed shard is named; a file that is not a TFRecord in any of the three
+  # ways: one sentence, without TF's graph context.
+  damaged = out / "train-00002-of-00003.tfrecord"
+  damaged.write_bytes(damaged.read_bytes()[:-100])
+  assert src.first_damaged_file() == str(damaged)
+  with pytest.raises(UserError, match=re.escape(f"cannot read TFRecord file {damaged}: ")):
+    datasets.load_source("tfrecord", "train", str(out))
+  (out / "train-00000-of-00003.tfrecord").write_bytes(b"not a TFRecord file at all")
+  with pytest.raises(UserError, match=re.escape(
+      f"cannot read TFRecord file {out / 'train-00000-of-00003.tfrecord'}: corrupted record at 0 "
+      "(Is this even a TFRecord file?) (read uncompressed, and as GZIP and ZLIB)")):
+    datasets.load_source("tfrecord", "train", str(out))
+
+
 def test_tfrecord_counts_without_metadata_are_cached(image_folder, tmp_path, isolated_cache,
                                                     monkeypatch):
   """Shards without metadata.json (the Model Garden's) are counted in one pass over them, once:
@@ -154,8 +191,8 @@ def test_tfrecord_counts_without_metadata_are_cached(image_folder, tmp_path, iso
   os.remove(os.path.join(dst, "metadata.json"))
   scans = []
   real_scan = datasets._scan_labels
-  monkeypatch.setattr(datasets, "_scan_labels", lambda files: scans.append(files) or
-                      real_scan(files))
+  monkeypatch.setattr(datasets, "_scan_labels", lambda files, compression: scans.append(files)
+                      or real_scan(files, compression))
   first = datasets.load_source("tfrecord", "train", dst)
   assert (first.num_examples, first.file_counts, len(scans)) == (6, [3, 3], 1)
   cached = os.listdir(os.path.join(isolated_cache, "tfrecord_counts"))
