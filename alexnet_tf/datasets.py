@@ -21,8 +21,8 @@ Kinds of `dataset`:
 - `folder`: `data_dir=ROOT` with ROOT/<split>/<label>/*.{jpg,jpeg,png,bmp,gif,webp} (the TFDS
   ImageFolder layout). Split `validation` also accepts folders named `val` or `test`. Class names
   are the sorted folder names of ROOT/train (of the split itself when there is no train folder);
-  label = index in that list. Files with other extensions are ignored, with a warning that
-  counts them and names a few; hidden files (.DS_Store) silently.
+  label = index in that list. Files with other extensions, and sub-folders, are ignored, with
+  a warning that counts them and names a few; hidden files (.DS_Store) silently.
 - `tfrecord`: `data_dir` is a directory or a glob of TFRecord files of `tf.train.Example`s with
   `image/encoded` (bytes) and `image/class/label` (int64, 0-based), optionally `image/filename`
   and `image/height`, `image/width` (the ImageNet convention of the TF Model Garden / TF-Slim;
@@ -503,10 +503,12 @@ def load_folder(root: str, split: str) -> FileListSource:
     files.extend(os.path.join(class_dir, f) for f in names)
     labels.extend([label] * len(names))
     ignored.extend(os.path.join(name, f) for f in sorted(set(entries) - set(names)))
-  if ignored:  # A .tif or .heic is not read, and the user may not expect that.
-    _log.warning("Ignored %d file(s) in %s that are not images (%s): %s", len(ignored), split_dir,
-                 ", ".join("*" + e for e in IMAGE_EXTENSIONS), ", ".join(ignored[:3])
-                 + (", ..." if len(ignored) > 3 else ""))
+  if ignored:  # A .tif, a .heic or a sub-folder is not read, and the user may not expect that.
+    shown = [p.rstrip("/") + "/" if tf.io.gfile.isdir(os.path.join(split_dir, p)) else p
+             for p in ignored[:3]]
+    _log.warning("Ignored %d file(s) in %s that are not images (%s; sub-folders are not read): "
+                 "%s", len(ignored), split_dir, ", ".join("*" + e for e in IMAGE_EXTENSIONS),
+                 ", ".join(shown) + (", ..." if len(ignored) > 3 else ""))
   return FileListSource(name="folder", split=split, num_examples=len(files),
                         num_classes=len(class_names), class_names=class_names,
                         files=files, labels=labels)

@@ -453,10 +453,11 @@ def test_webp_images_are_read_and_checked(tmp_path, caplog):
     path = tmp_path / "data" / "train" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+  (tmp_path / "data" / "train" / "b" / "more").mkdir()
   with caplog.at_level(logging.WARNING, logger="alexnet_tf.datasets"):
     src = datasets.load_source("folder", "train", str(tmp_path / "data"))
   assert src.num_examples == 4
-  assert "Ignored 2 file(s)" in caplog.text and "b/notes.txt, b/scan.tif" in caplog.text
+  assert "Ignored 3 file(s)" in caplog.text and "b/more/, b/notes.txt, b/scan.tif" in caplog.text
   counter = ip.CorruptCounter()
   images = np.concatenate([x.numpy() for x, _ in ip.build_eval_dataset(src, 2, counter=counter)])
   assert len(images) == 3 and counter.total == 1
