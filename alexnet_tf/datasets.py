@@ -354,9 +354,11 @@ def _first_record(files: Sequence[str]) -> tuple[str, bytes | None, str]:
     for compression in ("", "GZIP", "ZLIB"):  # Uncompressed first: the common case.
       try:
         records = [r.numpy() for r in tf.data.TFRecordDataset(path, compression).take(1)]
-      except tf.errors.OpError as e:
+      except tf.errors.DataLossError as e:  # Not in this format.
         errors.append(e)
         continue
+      except tf.errors.OpError as e:  # Not readable at all (permissions, say).
+        raise UserError(f"cannot read TFRecord file {path}: {op_error_reason(e)}") from None
       if records:
         return path, records[0], compression
       break  # An empty file; the next one tells.
@@ -372,14 +374,13 @@ def _check_first_record(files: Sequence[str]) -> str:
   path, record, compression = _first_record(files)
   if record is None:
     return compression
-  records = [record]
   try:  # protobuf first: TF's parser would log the whole record were it not an Example.
-    keys = sorted(tf.train.Example.FromString(records[0]).features.feature)
+    keys = sorted(tf.train.Example.FromString(record).features.feature)
   except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
     keys, reason = None, "it does not parse as one"
   else:
     try:
-      tf.io.parse_example(tf.constant(records), _FEATURES)
+      tf.io.parse_example(tf.constant([record]), _FEATURES)
       return compression
     except tf.errors.InvalidArgumentError as e:
       reason = parse_error_reason(e)
