@@ -45,11 +45,11 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
 1. Every record first passes a cheap in-graph check (`is_valid_image`): it must be non-empty,
    start with a JPEG/PNG/GIF/BMP/WebP signature, and end with its format's trailer (JPEG EOI
    marker FF D9 / PNG IEND chunk / GIF ';' within the last 32 bytes) or, for WebP, be as long as
-   its RIFF header says. This catches non-image files,
-   empty files and truncated files (the common cases) without decoding. The check runs on
-   groups of records (`with_validity`); a record that fails is counted in a `CorruptCounter`
-   and dropped where it would be decoded (its map call raises "corrupt image file, skipped"
-   instead, which the group's `ignore_errors()` drops and logs; `checked_image_bytes`). The
+   its RIFF header says. This catches non-image files, empty files and truncated files (the
+   common cases) without decoding. The check runs on groups of records (`with_validity`); a
+   record that fails is counted in a `CorruptCounter` and dropped where it would be decoded
+   (its map call raises "corrupt image file, skipped" instead, which the group's
+   `ignore_errors()` drops and logs; `checked_image_bytes`). The
    counter is a Python-side count incremented through a `tf.py_function` that runs only for
    failing records (no cost for good ones; no tf.Variable, so it works the same under any
    distribution strategy and outside strategy scopes).
