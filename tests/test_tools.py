@@ -32,8 +32,11 @@ def test_make_tfrecords(image_folder, tmp_path):
   with open(os.path.join(root, "train", "a", "broken.jpg"), "wb") as f:
     f.write(b"\xff\xd8\xffnot really")
   logs = []
-  meta = make_tfrecords.convert(root, str(tmp_path / "out"), num_shards=2, log=logs.append)
+  with mock.patch.object(make_tfrecords, "PROGRESS_EVERY", 4):
+    meta = make_tfrecords.convert(root, str(tmp_path / "out"), num_shards=2, log=logs.append)
   assert meta["splits"]["train"] == {"num_examples": 6, "num_shards": 2}
+  assert [line for line in logs if "converted" in line] == [
+      "train: 4 of 7 images converted", "validation: 4 of 6 images converted"]
   assert meta["skipped"]["train"] == [os.path.join("train", "a", "broken.jpg")]
   assert any("broken.jpg" in line for line in logs)
   src = datasets.load_source("tfrecord", "train", str(tmp_path / "out"))
@@ -143,8 +146,11 @@ def test_dataset_stats_recovers_known_covariance(tmp_path):
   colours = np.clip(np.round(np.array([120, 110, 100]) + rng.normal(size=(40, 3)) @ mix.T),
                     0, 255).astype(np.uint8)
   root = _flat_colour_dataset(str(tmp_path / "flat"), colours)
-  stats = dataset_stats.compute_stats(datasets.load_source("folder", "train", root),
-                                      mean_image=True, batch_size=16, log=lambda s: None)
+  logs = []
+  with mock.patch.object(dataset_stats, "PROGRESS_EVERY", 15):
+    stats = dataset_stats.compute_stats(datasets.load_source("folder", "train", root),
+                                        mean_image=True, batch_size=16, log=logs.append)
+  assert logs == ["16 of 40 images", "32 of 40 images"]  # Progress, each 15 images.
   c = colours.astype(np.float64)
   expected_cov = np.cov(c, rowvar=False, bias=True)
   np.testing.assert_allclose(stats["mean"], c.mean(0), atol=1e-6)

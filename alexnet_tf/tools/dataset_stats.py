@@ -29,10 +29,12 @@ import numpy as np
 from absl import flags
 
 from alexnet_tf import flags as data_flags
-from alexnet_tf.errors import UserError, check_writable_file, run_cli
+from alexnet_tf.errors import UserError, check_writable_file, log_line, run_cli
 
 FLAGS = flags.FLAGS
 
+# A progress line every this many images (ImageNet's train split has 1.28 million).
+PROGRESS_EVERY = 10_000
 
 
 def define_flags() -> None:
@@ -46,7 +48,7 @@ def define_flags() -> None:
 
 
 def compute_stats(source, *, mean_image: bool = False, max_images: int | None = None,
-                  batch_size: int = 64, log: Callable[[str], None] = print) -> dict:
+                  batch_size: int = 64, log: Callable[[str], None] = log_line) -> dict:
   """Streams a `DatasetSource` and returns the statistics (see the module docstring).
 
   The returned dict holds numpy arrays under "mean", "eigenvalues", "eigenvectors",
@@ -76,16 +78,18 @@ def compute_stats(source, *, mean_image: bool = False, max_images: int | None = 
   total_outer = np.zeros((3, 3))
   total_image = np.zeros((size, size, 3)) if mean_image else None
   count = 0
+  expected = min(source.num_examples, max_images or source.num_examples)
   try:
     for image_sum, s, ss, n in ds.as_numpy_iterator():
       total_sum += s
       total_outer += ss
       if mean_image:
         total_image += image_sum
+      if (count + int(n)) // PROGRESS_EVERY > count // PROGRESS_EVERY:
+        log(f"{count + int(n)} of {expected} images")
       count += int(n)
   except input_pipeline.DATA_ERRORS as e:  # A damaged shard, a malformed TFRecord record.
     input_pipeline.raise_data_error(e, source, strict=False)
-  expected = min(source.num_examples, max_images or source.num_examples)
   skipped = expected - count
   if count == 0:
     raise UserError(f"no readable images in {source.name} split {source.split}")

@@ -35,12 +35,14 @@ from typing import Callable, Sequence
 
 from absl import flags
 
-from alexnet_tf.errors import UserError, check_writable_dir, run_cli
+from alexnet_tf.errors import UserError, check_writable_dir, log_line, run_cli
 
 FLAGS = flags.FLAGS
 
 # Files being written; renamed to their names when the conversion is complete.
 PARTIAL_SUFFIX = ".partial"
+# A progress line every this many images (ImageNet's train split has 1.28 million).
+PROGRESS_EVERY = 10_000
 
 
 def define_flags() -> None:
@@ -81,7 +83,7 @@ def _resize_fn(size: int, quality: int):
 
 
 def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: int = 95,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = log_line) -> dict:
   """Converts folder dataset SRC to TFRecord shards in DST; returns the metadata written.
 
   Raises:
@@ -189,6 +191,8 @@ def _write_split(split: str, source, src: str, dst: str, class_names: list[str],
       }))
       writers[shard].write(example.SerializeToString())
       counts[shard] += 1
+      if len(done) % PROGRESS_EVERY == 0:
+        log(f"{split}: {len(done)} of {len(files)} images converted")
   skipped = [os.path.relpath(files[k], src) for k in range(len(files)) if k not in done]
   for skip in skipped:
     log(f"skipped corrupt or unreadable image: {skip}")
