@@ -26,8 +26,8 @@ SMALL_VALIDATION = 24
 def encode_image(array: np.ndarray, fmt: str = "JPEG", quality: int = 95,
                  subsampling: int = -1) -> bytes:
   """Encodes a uint8 [H, W, 3] (or [H, W]) array; fmt JPEG, PNG, CMYK (JPEG), GRAY (JPEG),
-  GRAYPNG, RGBA (PNG), PALETTE (PNG), WEBP (lossless). `subsampling` (JPEG, PIL's codes): 2 = 4:2:0, 1 = 4:2:2,
-  0 = 4:4:4, -1 = PIL's default."""
+  GRAYPNG, RGBA (PNG), PALETTE (PNG), WEBP (lossless). `subsampling` (JPEG, PIL's codes):
+  2 = 4:2:0, 1 = 4:2:2, 0 = 4:4:4, -1 = PIL's default."""
   image = Image.fromarray(np.asarray(array, np.uint8))
   buf = io.BytesIO()
   jpeg = {"quality": quality, "subsampling": subsampling}
