@@ -45,15 +45,15 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
 1. Every record first passes a cheap in-graph check (`is_valid_image`): it must be non-empty,
    start with a JPEG/PNG/GIF/BMP/WebP signature, and end with its format's trailer (JPEG EOI
    marker FF D9 / PNG IEND chunk / GIF ';' within the last 32 bytes) or, for WebP, be as long as
-   its RIFF header says. This catches non-image files, empty files and truncated files (the
-   common cases) without decoding. The check runs on groups of records (`with_validity`); a
-   record that fails is counted in a `CorruptCounter` and dropped where it would be decoded
-   (its map call raises "corrupt image file, skipped" instead, which the group's
-   `ignore_errors()` drops and logs; `checked_image_bytes`). The
-   counter is a Python-side count incremented through a `tf.py_function` that runs only for
-   failing records (no cost for good ones; no tf.Variable, so it works the same under any
-   distribution strategy and outside strategy scopes).
-   The last few skipped file names are kept (`CorruptCounter.recent_files`).
+   its RIFF header says and not animated (TF cannot decode those to RGB). This catches
+   non-image files, empty files and truncated files (the common cases) without decoding. The
+   check runs on groups of records (`with_validity`); a record that fails is counted in a
+   `CorruptCounter` and dropped where it would be decoded (its map call raises "corrupt image
+   file, skipped" instead, which the group's `ignore_errors()` drops and logs;
+   `checked_image_bytes`). The counter is a Python-side count incremented through a
+   `tf.py_function` that runs only for failing records (no cost for good ones; no tf.Variable,
+   so it works the same under any distribution strategy and outside strategy scopes). The last
+   few skipped file names are kept (`CorruptCounter.recent_files`).
 2. A record that passes the check but still fails to decode (e.g. a broken header) is dropped
    on its own by the same `ignore_errors()` as a backstop (the records around it are kept); TF
    logs a warning for it, but it is not counted. Run `check_source` to find those exactly (it
@@ -238,43 +238,47 @@ def _tail_contains(image_bytes: tf.Tensor, n: tf.Tensor, marker: bytes) -> tf.Te
   return tf.reshape(found, tf.shape(n))
 
 
-def _is_complete_webp(head12: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
-  """Whether the first 12 bytes are a WebP's RIFF header whose size the file's length covers."""
-  head12 = tf.strings.join([head12, b"\0" * 12])  # substr needs 12 bytes in every string.
-  is_webp = tf.logical_and(tf.strings.substr(head12, 0, 4) == b"RIFF",
-                           tf.strings.substr(head12, 8, 4) == b"WEBP")
-  # The little-endian RIFF size (the file's length - 8); 4 zero bytes for the others, so that
-  # every string decodes to 4 bytes.
-  size_bytes = tf.io.decode_raw(tf.where(is_webp, tf.strings.substr(head12, 4, 4), b"\0" * 4),
-                                tf.uint8)
-  size = tf.reduce_sum(tf.cast(size_bytes, tf.int64) * [1, 1 << 8, 1 << 16, 1 << 24], axis=-1)
-  # "WEBP", then a chunk: its 8-byte header and at least one byte.
-  return tf.logical_and(tf.logical_and(is_webp, size > 12), tf.cast(n, tf.int64) >= size + 8)
+def _is_decodable_webp(image_bytes: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+  """Whether images are WebPs as long as their RIFF header says and not animated (TF 2.21
+  cannot decode an animated WebP to RGB: "WebP Animation must be 4 channel RGBA")."""
+  # The first 21 bytes, zero-padded so that every string decodes to 21 bytes.
+  head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 21), b"\0" * 21]),
+                           0, 21)
+  is_webp = tf.logical_and(tf.strings.substr(head, 0, 4) == b"RIFF",
+                           tf.strings.substr(head, 8, 4) == b"WEBP")
+  head_bytes = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+  # The little-endian RIFF size: the file's length - 8. "WEBP", then a chunk: its 8-byte header
+  # and at least one byte.
+  size = tf.reduce_sum(head_bytes[..., 4:8] * [1, 1 << 8, 1 << 16, 1 << 24], axis=-1)
+  complete = tf.logical_and(size > 12, tf.cast(n, tf.int64) >= size + 8)
+  # An extended header (VP8X) with its animation flag.
+  animated = tf.logical_and(tf.strings.substr(head, 12, 4) == b"VP8X",
+                            tf.bitwise.bitwise_and(head_bytes[..., 20], 2) > 0)
+  return tf.logical_and(tf.logical_and(is_webp, complete), tf.logical_not(animated))
 
 
 def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
   """Cheap validity check of encoded images (tf.bool of the input's shape), without decoding.
 
   True for a JPEG ending with its EOI marker, a PNG ending with IEND, a GIF ending with ';',
-  a BMP larger than its headers or a WebP as long as its RIFF header says. Catches empty,
-  non-image and truncated files. Works on one image (a scalar) or on a vector of them at the
+  a BMP larger than its headers or a WebP as long as its RIFF header says and not animated.
+  Catches empty, non-image and truncated files. Works on one image (a scalar) or on a vector of them at the
   cost of one.
   """
   n = tf.strings.length(image_bytes)
-  head12 = tf.strings.substr(image_bytes, 0, 12)
-  head8 = tf.strings.substr(head12, 0, 8)
-  head6 = tf.strings.substr(head12, 0, 6)
-  is_jpeg = tf.strings.substr(head12, 0, 3) == b"\xff\xd8\xff"
+  head8 = tf.strings.substr(image_bytes, 0, 8)
+  head6 = tf.strings.substr(image_bytes, 0, 6)
+  is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
   is_png = head8 == b"\x89PNG\r\n\x1a\n"
   is_gif = tf.logical_or(head6 == b"GIF87a", head6 == b"GIF89a")
-  is_bmp = tf.logical_and(tf.strings.substr(head12, 0, 2) == b"BM", n > 54)
+  is_bmp = tf.logical_and(tf.strings.substr(image_bytes, 0, 2) == b"BM", n > 54)
   return tf.logical_or(
       tf.logical_or(
           tf.logical_and(is_jpeg, _tail_contains(image_bytes, n, b"\xff\xd9")),
           tf.logical_and(is_png, _tail_contains(image_bytes, n, b"IEND"))),
       tf.logical_or(
           tf.logical_or(tf.logical_and(is_gif, _tail_contains(image_bytes, n, b";")), is_bmp),
-          _is_complete_webp(head12, n)))
+          _is_decodable_webp(image_bytes, n)))
 
 
 def with_validity(group: dict) -> dict:

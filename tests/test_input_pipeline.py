@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from alexnet_tf import datasets, input_pipeline as ip, preprocessing as pp
 from alexnet_tf.errors import UserError
@@ -467,7 +469,15 @@ def test_webp_images_are_read_and_checked(tmp_path, caplog):
   train = ip.build_train_dataset(src, 1, seed=0, repeat=False, counter=counter)
   assert sum(len(y) for _, y in train) == 3 and counter.total == 1
   # The check reads the RIFF header's size: a file shorter than it says, or another RIFF
-  # format, is not a WebP.
+  # format, is not a WebP. Nor is an animated WebP, which TF cannot decode to RGB (it was
+  # dropped uncounted).
+  frames = [Image.fromarray(np.full((40, 50, 3), v, np.uint8)) for v in (10, 200)]
+  buf = io.BytesIO()
+  frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+  animated = buf.getvalue()
+  with pytest.raises(tf.errors.InvalidArgumentError, match="WebP Animation"):
+    pp.decode_rgb(animated)
   assert ip.is_valid_image(tf.constant([webp, webp[:-1], webp + b"\0", b"RIFF",
-                                        b"RIFF\x04\0\0\0WAVE"])).numpy().tolist() == [
-                                            True, False, True, False, False]
+                                        b"RIFF\x04\0\0\0WAVE", animated])).numpy().tolist() == [
+                                            True, False, True, False, False, False]
+  assert [bool(ip.is_valid_image(b)) for b in (webp, webp[:-1], animated)] == [True, False, False]
