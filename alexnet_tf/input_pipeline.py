@@ -262,8 +262,8 @@ def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
 
   True for a JPEG ending with its EOI marker, a PNG ending with IEND, a GIF ending with ';',
   a BMP larger than its headers or a WebP as long as its RIFF header says and not animated.
-  Catches empty, non-image and truncated files. Works on one image (a scalar) or on a vector of them at the
-  cost of one.
+  Catches empty, non-image and truncated files. Works on one image (a scalar) or on a vector of
+  them at the cost of one.
   """
   n = tf.strings.length(image_bytes)
   head8 = tf.strings.substr(image_bytes, 0, 8)
