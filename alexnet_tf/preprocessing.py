@@ -67,7 +67,8 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
   """Decodes one encoded image (JPEG, PNG, GIF, BMP, WebP) to RGB uint8 [H, W, 3].
 
   Gray, gray+alpha and RGBA images are converted to RGB (alpha dropped); CMYK JPEGs are
-  converted to RGB by libjpeg; of an animated GIF the first frame is used.
+  converted to RGB by libjpeg; of an animated GIF the first frame is used. An animated WebP
+  raises InvalidArgumentError (TF 2.21 cannot decode one to RGB).
 
   Args:
     image_bytes: scalar tf.string.
