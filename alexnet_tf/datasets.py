@@ -75,6 +75,7 @@ import tensorflow as tf
 
 from alexnet_tf import shapes as _shapes
 from alexnet_tf.errors import UserError
+from alexnet_tf.files import write_whole
 
 SPLITS = ("train", "validation")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "test")}
@@ -615,15 +616,10 @@ def _read_counts_cache(path: str, num_files: int) -> tuple[list[int], int, int] 
 
 
 def _write_counts_cache(path: str, counts: list[int], lo: int, hi: int) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  try:  # Whole or not at all: another process may read it now.
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump({"counts": counts, "min": lo, "max": hi}, f)
-    os.replace(tmp, path)
-  except OSError:  # A read-only or full cache: the next run counts again.
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
+  # Whole (another process may read it now), or not at all: a read-only or full cache only
+  # means that the next run counts again.
+  with contextlib.suppress(OSError):
+    write_whole(path, lambda f: json.dump({"counts": counts, "min": lo, "max": hi}, f))
 
 
 def _scan_labels_cached(files: list[str], compression: str = "") -> tuple[list[int], int, int]:

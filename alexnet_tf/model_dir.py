@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf.errors import UserError
+from alexnet_tf.files import write_whole
 from alexnet_tf.model import AlexNet
 
 CONFIG_FILE = "config.json"
@@ -69,12 +69,8 @@ def checkpoint_dir(model_dir: str) -> str:
 
 def write_config(model_dir: str, config: dict[str, Any]) -> None:
   """Writes config.json atomically (a crash never leaves half a file)."""
-  os.makedirs(model_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".config.", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, config_path(model_dir))
+  write_whole(config_path(model_dir),
+              lambda f: f.write(json.dumps(config, indent=2, sort_keys=True) + "\n"))
 
 
 def read_config(model_dir: str) -> dict[str, Any]:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import IO, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from absl import flags
 
 from alexnet_tf import flags as data_flags
 from alexnet_tf.errors import UserError, check_writable_file, log_line, run_cli
+from alexnet_tf.files import write_whole
 
 FLAGS = flags.FLAGS
 
@@ -136,27 +137,10 @@ def write_stats(stats: dict, output: str, *, dataset: str, split: str,
     if "mean_image" not in stats:
       raise ValueError("stats has no mean_image")
     mean_image = stats["mean_image"].astype(np.float32)
-    _write_replacing(mean_image_path, lambda f: np.save(f, mean_image), binary=True)
+    write_whole(mean_image_path, lambda f: np.save(f, mean_image), binary=True)
     doc["mean_image"] = os.path.abspath(mean_image_path)
-  _write_replacing(output, lambda f: json.dump(doc, f, indent=1))
+  write_whole(output, lambda f: json.dump(doc, f, indent=1))
   return doc
-
-
-def _write_replacing(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
-  """`write`s PATH through a temporary file beside it, so that a write that fails (a full disk,
-  Ctrl-C) leaves an earlier file at PATH as it was. OSErrors name PATH."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  try:
-    with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    if isinstance(e, OSError):
-      raise OSError(e.errno, e.strerror, path) from None
-    raise
 
 
 def main(argv: Sequence[str]) -> None:

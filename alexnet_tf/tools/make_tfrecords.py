@@ -133,7 +133,7 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
       tf.io.gfile.remove(path)
     if isinstance(e, tf.errors.OpError):
       raise UserError(f"cannot write the TFRecords in DST={dst}: "
-                      f"{e.message.splitlines()[0]} (nothing was kept)") from None
+                      f"{datasets.op_error_reason(e)} (nothing was kept)") from None
     raise
   # metadata.json last: with it, `--dataset=tfrecord` reads only the files it lists.
   for name in names + [datasets.LABELS_FILE, datasets.METADATA_FILE]:
