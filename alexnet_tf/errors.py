@@ -45,7 +45,13 @@ def check_writable_file(name: str, path: str) -> None:
 
 
 def run_cli(main: Callable[[Sequence[str]], None]) -> None:
-  """Runs an absl `main` and turns `UserError` into a one-line message, exit 1."""
+  """Runs an absl `main`: a `UserError` is a one-line message and exit 1, Ctrl-C exit 130.
+
+  A Ctrl-C is not a crash, so it gets one line too, not Python's traceback (exit 130, the
+  shell's code for SIGINT). The library cleans up on the way out (make_tfrecords keeps no
+  shard, a write in progress keeps the earlier file; train.py saves a checkpoint on the first
+  Ctrl-C and only a second one reaches here).
+  """
   from absl import app  # Imported here so the library does not need absl.
 
   def _wrapped(argv: Sequence[str]) -> None:
@@ -54,6 +60,9 @@ def run_cli(main: Callable[[Sequence[str]], None]) -> None:
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
+    except KeyboardInterrupt:
+      print("interrupted (Ctrl-C).", file=sys.stderr)
+      sys.exit(130)
 
   try:
     app.run(_wrapped)

@@ -128,6 +128,35 @@ def test_make_tfrecords_interrupted_leaves_no_shards(image_folder, tmp_path, mon
   assert datasets.load_source("tfrecord", "validation", str(out)).num_examples == 6
 
 
+_CTRL_C_AFTER_FIRST_RECORD = """
+import os, runpy, signal, sys, time
+import tensorflow as tf
+
+class Writer(tf.io.TFRecordWriter):
+  def write(self, record):
+    super().write(record)
+    os.kill(os.getpid(), signal.SIGINT)  # A real Ctrl-C, mid-conversion.
+    time.sleep(5)
+
+tf.io.TFRecordWriter = Writer
+sys.argv = ["make_tfrecords", *sys.argv[1:]]
+runpy.run_module("alexnet_tf.tools.make_tfrecords", run_name="__main__")
+"""
+
+
+def test_ctrl_c_in_a_tool_is_one_line_and_keeps_nothing(image_folder, tmp_path):
+  # Ctrl-C used to print Python's KeyboardInterrupt traceback (the cleanup itself was right).
+  root = image_folder(classes=("a", "b"), per_class=2, splits=("train", "val"))
+  out = tmp_path / "out"
+  proc = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_FIRST_RECORD, root, str(out)],
+                        capture_output=True, text=True, cwd=REPO, timeout=240,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 130, proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C).", proc.stderr
+  assert os.listdir(out) == []
+
+
 def _flat_colour_dataset(root, colours):
   """PNG images of one flat colour each: their pixel covariance is exactly that of `colours`."""
   for i, c in enumerate(colours):
