@@ -60,6 +60,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -519,9 +520,11 @@ def load_folder(root: str, split: str) -> FileListSource:
 def _tfrecord_files(data_dir: str, split: str) -> list[str]:
   data_dir = os.path.expanduser(data_dir)
   if tf.io.gfile.isdir(data_dir):
+    # The folder's name is not a pattern: "imagenet [v2]" would otherwise match nothing.
+    escaped = glob.escape(data_dir)
     for name in SPLIT_ALIASES.get(split, (split,)):
       for pattern in (f"{name}-*", f"{name}.*", os.path.join(name, "*")):
-        files = sorted(f for f in tf.io.gfile.glob(os.path.join(data_dir, pattern))
+        files = sorted(f for f in tf.io.gfile.glob(os.path.join(escaped, pattern))
                        if not tf.io.gfile.isdir(f))
         if files:
           return files
@@ -534,8 +537,13 @@ def _tfrecord_files(data_dir: str, split: str) -> list[str]:
       files = sorted(tf.io.gfile.glob(data_dir.replace("{split}", alias)))
       if files:
         break
+  if not files and tf.io.gfile.exists(pattern):
+    files = [pattern]  # One file whose path has a glob character ('[', '*', '?').
   if not files:
-    raise UserError(f"--data_dir={data_dir} matches no TFRecord files for split {split!r}")
+    hint = (" ('[' starts a set of characters in a glob; write '[[]' for a literal '[')"
+            if "[" in pattern else "")
+    raise UserError(f"--data_dir={data_dir} matches no TFRecord files for split {split!r}"
+                    + hint)
   return files
 
 

@@ -146,6 +146,21 @@ def test_tfrecord_source(image_folder, tmp_path):
     datasets.load_source("tfrecord", "train", os.path.join(dst, "nothing-*"))
 
 
+def test_tfrecord_folder_whose_name_has_glob_characters(image_folder, tmp_path):
+  # The folder was globbed unescaped: "imagenet [v2]" matched nothing ("no TFRecord files").
+  root = image_folder(classes=("a", "b"), per_class=3)
+  dst = _make_records(root, tmp_path, name="imagenet [v2] *?", num_shards=1)
+  assert datasets.load_source("tfrecord", "train", dst).num_examples == 6
+  assert datasets.load_source("tfrecord", "validation", dst).num_examples == 6
+  # One file named in full reads as itself; a glob is the user's own pattern, with a hint.
+  shard = os.path.join(dst, "train-00000-of-00001.tfrecord")
+  assert datasets.load_source("tfrecord", "train", shard).num_examples == 6
+  with pytest.raises(UserError, match=re.escape("write '[[]' for a literal '['")):
+    datasets.load_source("tfrecord", "train", os.path.join(dst, "train-*"))
+  escaped = os.path.join(str(tmp_path), "imagenet [[]v2] [*][?]", "{split}-*")
+  assert datasets.load_source("tfrecord", "validation", escaped).num_examples == 6
+
+
 @pytest.mark.parametrize("compression", ["GZIP", "ZLIB"])
 def test_compressed_tfrecords_are_read(image_folder, tmp_path, isolated_cache, compression):
   """TFRecords written with TFRecordOptions(compression_type=...) read like uncompressed ones
