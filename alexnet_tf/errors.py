@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sys
 from typing import Callable, Sequence
@@ -42,6 +43,21 @@ def check_writable_file(name: str, path: str) -> None:
   if os.path.isdir(path):
     raise UserError(f"{name} {path!r} is a directory; give a file name.")
   check_writable_dir(name, os.path.dirname(os.path.abspath(path)))
+
+
+def check_tf_can_read_back(name: str, path: str) -> None:
+  """UserError when TF could write checkpoints or a SavedModel under `path` but not read them.
+
+  TF opens a checkpoint through a glob of its path (tensorflow#6082), so a path that does not
+  match itself as a pattern ("runs/lr[0.01]", a set of characters; a backslash, an escape) saves
+  fine and never loads: a rerun would start over instead of resuming.
+  """
+  full = path if "://" in path else os.path.abspath(os.path.expanduser(path))
+  if "\\" in full or not fnmatch.fnmatchcase(full, full):
+    where = path if full == path else f"{path} ({full})"
+    raise UserError(f"{name} {where}: TensorFlow cannot load checkpoints or SavedModels from a "
+                    "path with '[...]' or '\\' in it (it reads them through a glob); choose "
+                    "another name.")
 
 
 def run_cli(main: Callable[[Sequence[str]], None]) -> None:

@@ -49,7 +49,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import layers, preprocessing
-from alexnet_tf.errors import UserError
+from alexnet_tf.errors import UserError, check_tf_can_read_back
 from alexnet_tf.model import SUPPORTED_IMAGE_SIZES
 
 DEFAULT_TOP_K = 5
@@ -231,6 +231,7 @@ def _check_target(export_base: str, version: int | None, top_k: int) -> None:
     raise UserError("--export_dir must not be empty.")
   if os.path.exists(export_base) and not os.path.isdir(export_base):
     raise UserError(f"--export_dir {export_base!r} is a file; it must be a directory.")
+  check_tf_can_read_back("--export_dir", export_base)
   if version is not None and os.path.exists(os.path.join(export_base, str(version))):
     raise UserError(f"version {version} already exists in --export_dir {export_base!r}; pass "
                     "another --version or leave it out for the next one.")

@@ -11,6 +11,7 @@ architecture and loads the latest (or a given) checkpoint.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf.errors import UserError
+from alexnet_tf.errors import UserError, check_tf_can_read_back
 from alexnet_tf.files import write_whole
 from alexnet_tf.model import AlexNet
 
@@ -120,7 +121,9 @@ def _readable_checkpoint(prefix: str) -> bool:
     tf.train.load_checkpoint(prefix)
   except (tf.errors.OpError, ValueError):
     return False
-  shards = tf.io.gfile.glob(prefix + ".data-*-of-*")
+  # Escaped: in a --model_dir such as "runs/lr[0.01]" the shards would match nothing, and a
+  # rerun would start over instead of resuming.
+  shards = tf.io.gfile.glob(glob.escape(prefix) + ".data-*-of-*")
   if not shards:
     return False
   total = int(shards[0].rsplit("-of-", 1)[1])
@@ -130,7 +133,7 @@ def _readable_checkpoint(prefix: str) -> bool:
 def remove_incomplete_checkpoints(model_dir: str) -> list[str]:
   """Deletes the temporary files a checkpoint write killed midway left behind."""
   removed = []
-  for path in tf.io.gfile.glob(os.path.join(checkpoint_dir(model_dir), "*_temp*")):
+  for path in tf.io.gfile.glob(os.path.join(glob.escape(checkpoint_dir(model_dir)), "*_temp*")):
     if tf.io.gfile.isdir(path):
       tf.io.gfile.rmtree(path)
     else:
@@ -156,6 +159,7 @@ def restore_model(model_dir: str, checkpoint: str | None = None,
     UserError: no config, no checkpoint, or a checkpoint of another architecture.
   """
   config = read_config(model_dir)
+  check_tf_can_read_back("--model_dir", model_dir)  # Else: "has no checkpoint", misleadingly.
   if checkpoint is None:
     checkpoint = latest_checkpoint(model_dir)
     if checkpoint is None:
@@ -168,6 +172,7 @@ def restore_model(model_dir: str, checkpoint: str | None = None,
 
 def load_checkpoint_weights(model: keras.Model, checkpoint: str) -> None:
   """Loads only the model's weights from a training checkpoint; UserError on mismatch."""
+  check_tf_can_read_back("checkpoint", checkpoint)
   if not tf.io.gfile.exists(checkpoint + ".index"):
     raise UserError(f"checkpoint {checkpoint!r} does not exist (no {checkpoint}.index).")
   try:

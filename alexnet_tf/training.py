@@ -34,7 +34,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import distribute, model_dir as model_dir_lib, preprocessing
-from alexnet_tf.errors import UserError, check_writable_dir, log_line
+from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_dir, log_line
 from alexnet_tf.evaluation import evaluate_model
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
                                      learning_rate_at, scaled_learning_rate)
@@ -157,8 +157,10 @@ def validate_config(config: TrainConfig) -> None:
   if not config.model_dir:
     raise UserError("--model_dir is required.")
   check_writable_dir("--model_dir", config.model_dir)
+  check_tf_can_read_back("--model_dir", config.model_dir)
   if config.export_dir:  # Checked now, not after the last epoch.
     check_writable_dir("--export_dir", config.export_dir)
+    check_tf_can_read_back("--export_dir", config.export_dir)
 
 
 def validation_overlap_note(train_source: Any, val_source: Any,

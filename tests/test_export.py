@@ -523,12 +523,19 @@ def test_cli_exports_next_version(exported):
     (["--model_dir=MODEL_DIR", "--checkpoint=MODEL_DIR/checkpoints/ckpt-99", "--export_dir=EXPORT"],
      "does not exist"),
     (["--model=missing.keras", "--export_dir=EXPORT"], "does not exist"),
+    # Paths TF writes but cannot load from (tensorflow#6082), named instead of "no checkpoint".
+    (["--model_dir=MODEL_DIR", "--export_dir=EXPORT[1]"], "--export_dir EXPORT[1]: TensorFlow "
+                                                          "cannot load checkpoints"),
+    (["--model_dir=BRACKETED", "--export_dir=EXPORT"], "--model_dir BRACKETED: TensorFlow "
+                                                       "cannot load checkpoints"),
 ])
 def test_cli_bad_flags_one_line(exported, tmp_path, args, message):
-  untrained = str(tmp_path / "untrained")
-  write_config(untrained, {"model": default_model_config(classes=3), "class_names": None})
+  untrained, bracketed = str(tmp_path / "untrained"), str(tmp_path / "run[1]")
+  for model_dir in (untrained, bracketed):
+    write_config(model_dir, {"model": default_model_config(classes=3), "class_names": None})
   subst = {"MODEL_DIR": exported["model_dir"], "UNTRAINED": untrained, "BASE": exported["base"],
-           "EXPORT": str(tmp_path / "export")}
+           "EXPORT": str(tmp_path / "export"), "BRACKETED": bracketed}
+  message = message.replace("EXPORT", subst["EXPORT"]).replace("BRACKETED", bracketed)
   for key, value in subst.items():
     args = [a.replace(key, value) for a in args]
   proc = _cli(*args)

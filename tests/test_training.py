@@ -18,6 +18,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import shapes
+from alexnet_tf.errors import UserError, check_tf_can_read_back
 from alexnet_tf.model_dir import restore_model
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, learning_rate_at)
 
@@ -202,7 +203,8 @@ def test_multi_worker_two_processes_on_localhost(tiny_data, tmp_path, worker_env
 
 def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_data, tmp_path):
   """Stopped after 2 steps and rerun: same final weights and momentum as 4 steps in one go."""
-  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  # "run*" also matched run-straight's checkpoint files, and a rerun started over.
+  straight, resumed = str(tmp_path / "run-straight"), str(tmp_path / "run*")
   common = ("--batch_size=4", "--steps_per_epoch=2", "--epochs=2", "--checkpoint_steps=1",
             "--deterministic", "--validation_steps=1")
   run(train_args(straight, tiny_data, *common))
@@ -219,6 +221,41 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_data, t
   for k in slots_a:
     assert np.abs(slots_a[k]).max() > 0
     np.testing.assert_allclose(slots_a[k], slots_b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["lr[0.01]", "run[x", "a*b?c", "back\\slash", "a]b"])
+def test_paths_refused_are_those_tf_cannot_load_a_checkpoint_from(name, tmp_path):
+  # A --model_dir of "lr[0.01]" saved checkpoints that TF could never load (tensorflow#6082):
+  # a rerun started over. The rule is checked against TF's own reader.
+  variable = tf.Variable(1.0)
+  checkpoint = tf.train.Checkpoint(v=variable)
+  prefix = checkpoint.write(str(tmp_path / name / "ckpt"))
+  variable.assign(2.0)
+  try:
+    checkpoint.read(prefix).assert_consumed()
+    loads = variable.numpy() == 1.0
+  except (tf.errors.NotFoundError, FileNotFoundError):
+    loads = False
+  try:
+    check_tf_can_read_back("--model_dir", str(tmp_path / name))
+    accepted = True
+  except UserError:
+    accepted = False
+  assert accepted == loads, (name, loads)
+
+
+def test_cleanup_of_a_model_dir_named_like_a_glob_stays_in_it(tmp_path):
+  # Unescaped, --model_dir=run* deleted the checkpoint being written in run-a next to it.
+  from alexnet_tf import model_dir as model_dir_lib
+  for run_dir in ("run-a", "run*"):
+    os.makedirs(model_dir_lib.checkpoint_dir(str(tmp_path / run_dir)))
+    with open(os.path.join(model_dir_lib.checkpoint_dir(str(tmp_path / run_dir)),
+                           "ckpt-3_temp"), "w") as f:
+      f.write("a write in progress")
+  removed = model_dir_lib.remove_incomplete_checkpoints(str(tmp_path / "run*"))
+  assert removed == [os.path.join(model_dir_lib.checkpoint_dir(str(tmp_path / "run*")),
+                                  "ckpt-3_temp")]
+  assert os.listdir(model_dir_lib.checkpoint_dir(str(tmp_path / "run-a"))) == ["ckpt-3_temp"]
 
 
 def test_validation_on_the_training_files_is_noted(tiny_data, tmp_path):
@@ -297,6 +334,8 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
     (["--cpu_replicas=2"], "--cpu_replicas > 1 needs --strategy=mirrored"),
     (["--input_scale=0"], "--input_scale must be a positive number"),
     (["--dropout=1.5"], "--dropout must be in [0, 1)"),
+    (["--model_dir=runs/lr[0.01]"], "--model_dir runs/lr[0.01] ("),
+    (["--export_dir=exports[2]"], "--export_dir exports[2] ("),
 ])
 def test_bad_flags_fail_with_one_line(args, message, tmp_path, tiny_data):
   base = [TRAIN_PY, f"--model_dir={tmp_path / 'run'}", "--dataset=folder",
