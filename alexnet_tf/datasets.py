@@ -734,6 +734,8 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f"unknown --dataset={name}: use shapes, folder, tfrecord or a TFDS dataset "
                     "name (see tfds.list_builders())") from None
+  except (AssertionError, ValueError) as e:  # A version or config TFDS does not have.
+    raise UserError(f"--dataset={name}: {_tfds_name_error(name, e)}") from None
   _check_imagenet_manual(name, builder, manual_dir)
   if not _is_prepared(builder):
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -779,6 +781,27 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   return TFDSSource(name=name, split=split, num_examples=num_examples,
                     num_classes=num_classes, class_names=class_names, builder=builder,
                     tfds_split=tfds_split, image_key=image_key, label_key=label_key)
+
+
+def _tfds_name_error(name: str, error: Exception) -> str:
+  """TFDS's reason for refusing NAME[/CONFIG][:VERSION], without its context, in one line."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  message = str(error)
+  if message.startswith("Parsing builder name string"):
+    return ("not a TFDS name; expected NAME[/CONFIG][:VERSION], e.g. imagenet2012, "
+            "imagenet2012:5.1.0 or imagenette/320px-v2")
+  # 'Failed to construct dataset "x", builder_kwargs "{...}": REASON'
+  reason = re.sub(r'^Failed to construct dataset ".*?", builder_kwargs ".*?": ', "", message,
+                  flags=re.S)
+  reason = reason.split(" Here are ")[0].strip().splitlines()[0]  # TFDS's list comes out empty.
+  reason = reason.rstrip(".")
+  if "BuilderConfig" in reason:
+    try:
+      configs = [c.name for c in tfds.builder_cls(re.split(r"[/:]", name)[0]).BUILDER_CONFIGS]
+    except Exception:  # pylint: disable=broad-except
+      configs = []
+    reason += (f" (its configs: {', '.join(configs)})" if configs else " (it has no configs)")
+  return reason
 
 
 def _check_tfds_features(name: str, image_feature, image_key: str, label_feature,

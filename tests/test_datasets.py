@@ -83,6 +83,24 @@ def test_unknown_dataset_and_imagenet_message(tmp_path):
   assert str(tmp_path / "manual") in msg
 
 
+@pytest.mark.parametrize("name, start, end", [
+    ("imagenet2012:5.9.9", "--dataset=imagenet2012:5.9.9: Dataset imagenet2012 cannot be loaded "
+                           "at version 5.9.9, only: 5.", ""),
+    ("imagenette/bogus", "--dataset=imagenette/bogus: BuilderConfig bogus not found with version ",
+     "320px-v2, 160px-v2, full-size, 320px, 160px)"),
+    ("cifar10/x", "--dataset=cifar10/x: BuilderConfig x not found with version ",
+     " (it has no configs)"),
+    ("imagenet2012//", "--dataset=imagenet2012//: not a TFDS name; expected "
+                       "NAME[/CONFIG][:VERSION], e.g. ", "imagenette/320px-v2"),
+])
+def test_tfds_version_or_config_it_does_not_have(tmp_path, name, start, end):
+  # These were AssertionError/ValueError tracebacks, with TFDS's list of close configs empty.
+  with pytest.raises(UserError) as e:
+    datasets.load_source(name, "train", str(tmp_path))
+  message = str(e.value)
+  assert message.startswith(start) and message.endswith(end) and "\n" not in message, message
+
+
 def test_tfds_download_failure_is_one_sentence(tmp_path, monkeypatch):
   import requests
   import tensorflow_datasets as tfds
