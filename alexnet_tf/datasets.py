@@ -711,6 +711,38 @@ def _default_manual_dir(builder) -> str:
   return os.path.join(str(root), "downloads", "manual")
 
 
+def _check_not_a_dataset_folder(name: str, builder, data_dir: str | None) -> None:
+  """UserError when --data_dir is a prepared dataset's own folder, not the folder above it.
+
+  TFDS would prepare the dataset again inside it (ImageNet: hours, or a request for the tars).
+  Called only when the dataset is not prepared in data_dir.
+  """
+  if not data_dir or "://" in data_dir:
+    return
+  folder = os.path.abspath(os.path.expanduser(data_dir))
+  dataset = builder.name
+  parts = folder.split(os.sep)
+  if dataset not in parts:
+    return
+  # The layout TFDS writes: DATA_DIR/NAME/[CONFIG/]VERSION/dataset_info.json.
+  dataset_dir = os.sep.join(parts[:len(parts) - parts[::-1].index(dataset)])
+  configs = [c.name for c in type(builder).BUILDER_CONFIGS]
+  below = [os.path.join(glob.escape(dataset_dir), c) for c in map(glob.escape, configs)] or [
+      glob.escape(dataset_dir)]
+  for info in sorted(p for d in below for p in glob.glob(os.path.join(d, "*",
+                                                                       "dataset_info.json"))):
+    try:
+      with open(info, encoding="utf-8") as f:
+        same = json.load(f).get("name") == dataset
+    except (OSError, ValueError):
+      continue
+    if same:
+      root = os.path.dirname(dataset_dir)
+      raise UserError(f"--data_dir={data_dir} is within TFDS's own folder for {dataset} "
+                      f"(prepared in {os.path.dirname(info)}), not a TFDS data dir; pass the "
+                      f"folder that holds {dataset}/: --data_dir={root}")
+
+
 def _check_imagenet_manual(name: str, builder, manual_dir: str | None) -> None:
   if name.split(":")[0].split("/")[0] != "imagenet2012":
     return
@@ -736,6 +768,8 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
                     "name (see tfds.list_builders())") from None
   except (AssertionError, ValueError) as e:  # A version or config TFDS does not have.
     raise UserError(f"--dataset={name}: {_tfds_name_error(name, e)}") from None
+  if not _is_prepared(builder):
+    _check_not_a_dataset_folder(name, builder, data_dir)
   _check_imagenet_manual(name, builder, manual_dir)
   if not _is_prepared(builder):
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None

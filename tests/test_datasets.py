@@ -101,6 +101,43 @@ def test_tfds_version_or_config_it_does_not_have(tmp_path, name, start, end):
   assert message.startswith(start) and message.endswith(end) and "\n" not in message, message
 
 
+def test_data_dir_inside_a_prepared_tfds_dataset_is_refused(tmp_path):
+  # --data_dir=~/tensorflow_datasets/NAME[/VERSION] made TFDS prepare the dataset again, inside
+  # it (for imagenet2012: a request for the tars, or hours of preparation).
+  import tensorflow_datasets as tfds
+
+  class AlexnetTfTinyImages(tfds.core.GeneratorBasedBuilder):  # Registered by its name.
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
+                                   features=tfds.features.FeaturesDict({
+                                       "image": tfds.features.Image(shape=(None, None, 3)),
+                                       "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(4), "validation": self._generate_examples(2)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"image": np.full((8 + i, 9, 3), 40 * i, np.uint8), "label": i % 2}
+
+  name = "alexnet_tf_tiny_images"
+  root = tmp_path / "tfds"
+  assert datasets.load_source(name, "train", str(root)).num_examples == 4
+  for inside in (root / name, root / name / "1.0.0"):
+    with pytest.raises(UserError, match=re.escape(
+        f"--data_dir={inside} is within TFDS's own folder for {name} (prepared in "
+        f"{root / name / '1.0.0'}), not a TFDS data dir; pass the folder that holds {name}/: "
+        f"--data_dir={root}")):
+      datasets.load_source(name, "train", str(inside))
+  assert not (root / name / name).exists() and not (root / name / "1.0.0" / name).exists()
+  # A data dir that is only named like the dataset is one.
+  named_alike = tmp_path / name
+  assert datasets.load_source(name, "validation", str(named_alike)).num_examples == 2
+  assert datasets.load_source(name, "validation", str(named_alike)).num_examples == 2
+
+
 def test_tfds_download_failure_is_one_sentence(tmp_path, monkeypatch):
   import requests
   import tensorflow_datasets as tfds
