@@ -711,7 +711,7 @@ def _default_manual_dir(builder) -> str:
   return os.path.join(str(root), "downloads", "manual")
 
 
-def _check_not_a_dataset_folder(name: str, builder, data_dir: str | None) -> None:
+def _check_not_a_dataset_folder(builder, data_dir: str | None) -> None:
   """UserError when --data_dir is a prepared dataset's own folder, not the folder above it.
 
   TFDS would prepare the dataset again inside it (ImageNet: hours, or a request for the tars).
@@ -769,7 +769,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   except (AssertionError, ValueError) as e:  # A version or config TFDS does not have.
     raise UserError(f"--dataset={name}: {_tfds_name_error(name, e)}") from None
   if not _is_prepared(builder):
-    _check_not_a_dataset_folder(name, builder, data_dir)
+    _check_not_a_dataset_folder(builder, data_dir)
   _check_imagenet_manual(name, builder, manual_dir)
   if not _is_prepared(builder):
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None

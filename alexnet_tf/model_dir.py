@@ -121,8 +121,8 @@ def _readable_checkpoint(prefix: str) -> bool:
     tf.train.load_checkpoint(prefix)
   except (tf.errors.OpError, ValueError):
     return False
-  # Escaped: in a --model_dir such as "runs/lr[0.01]" the shards would match nothing, and a
-  # rerun would start over instead of resuming.
+  # Escaped: with --model_dir=run* the pattern also counted run-a's shards, the count came out
+  # wrong, and a rerun started over instead of resuming.
   shards = tf.io.gfile.glob(glob.escape(prefix) + ".data-*-of-*")
   if not shards:
     return False

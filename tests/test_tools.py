@@ -132,6 +132,9 @@ _CTRL_C_AFTER_FIRST_RECORD = """
 import os, runpy, signal, sys, time
 import tensorflow as tf
 
+# As in a terminal: a background job (CI started with `&`) inherits SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 class Writer(tf.io.TFRecordWriter):
   def write(self, record):
     super().write(record)
