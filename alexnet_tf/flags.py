@@ -102,6 +102,11 @@ def load_stats(path: str) -> dict:
   out["eigenvectors"] = _floats(data["eigenvectors"], (3, 3), "eigenvectors", path)
   if not all(0.0 <= m <= 255.0 for m in out["mean"]):
     raise UserError(f"--stats={path}: mean must be RGB values in 0..255, got {out['mean']}")
+  if all(m <= 1.0 for m in out["mean"]) and "num_images" not in data:
+    # A hand-written file with torchvision's [0.485, 0.456, 0.406] would subtract almost nothing
+    # from 0..255 pixels. dataset_stats' own files (num_images) of a dark dataset stay allowed.
+    raise UserError(f"--stats={path}: mean {out['mean']} is on the [0, 1] scale; this file "
+                    "takes 0..255 values (multiply by 255)")
   if any(v < 0 for v in out["eigenvalues"]):
     raise UserError(f"--stats={path}: eigenvalues must be >= 0, got {out['eigenvalues']}")
   for j in range(3):

@@ -274,6 +274,8 @@ GOOD = {"mean": [120.0, 110.0, 100.0], "eigenvalues": [3.0, 2.0, 1.0],
     (json.dumps({"mean": [1, 2, 3]}), "lacks eigenvalues, eigenvectors"),
     (json.dumps(dict(GOOD, mean=[1, 2])), "'mean' must be 3 numbers"),
     (json.dumps(dict(GOOD, mean=[1, 2, 300])), "0..255"),
+    (json.dumps(dict(GOOD, mean=[0.485, 0.456, 0.406])), re.escape(
+        "mean [0.485, 0.456, 0.406] is on the [0, 1] scale; this file takes 0..255 values")),
     (json.dumps(dict(GOOD, eigenvalues=[1, "a", 2])), "'eigenvalues' must be 3 numbers"),
     (json.dumps(dict(GOOD, eigenvalues=[1, -1, 2])), ">= 0"),
     (json.dumps(dict(GOOD, eigenvectors=[[1, 0, 0], [0, 1, 0]])), "3x3"),
@@ -285,6 +287,12 @@ def test_load_stats_validation(tmp_path, content, match):
     path.write_text(content)
   with pytest.raises(UserError, match=match):
     data_flags.load_stats(str(path))
+
+
+def test_dark_dataset_stats_written_by_the_tool_are_allowed(tmp_path):
+  path = tmp_path / "stats.json"
+  path.write_text(json.dumps(dict(GOOD, mean=[0.5, 0.25, 1.0], num_images=10)))
+  assert data_flags.load_stats(str(path))["mean"] == [0.5, 0.25, 1.0]
 
 
 def test_load_stats_good(tmp_path):
