@@ -468,8 +468,12 @@ def _find_split_dir(root: str, split: str) -> str:
     path = os.path.join(root, name)
     if tf.io.gfile.isdir(path):
       return path
+  hint, folder = "", os.path.normpath(root)
+  if os.path.basename(folder) in ("train", *SPLIT_ALIASES["validation"]):
+    hint = (" (--data_dir is a split folder itself; pass the folder above it, "
+            f"{os.path.dirname(folder)})")
   raise UserError(f"no folder for split {split!r} in --data_dir={root}: expected "
-                  + " or ".join(os.path.join(root, n) for n in names))
+                  + " or ".join(os.path.join(root, n) for n in names) + hint)
 
 
 def _list_classes(split_dir: str) -> list[str]:
@@ -488,8 +492,11 @@ def load_folder(root: str, split: str) -> FileListSource:
   train_dir = os.path.join(root, "train")
   class_names = _list_classes(train_dir) if tf.io.gfile.isdir(train_dir) else present
   if not present:
+    flat = [f for f in tf.io.gfile.listdir(split_dir) if f.lower().endswith(IMAGE_EXTENSIONS)]
     raise UserError(f"split {split!r} is empty: {split_dir} has no label folders "
-                    "(expected <label>/*.jpg)")
+                    "(expected <label>/*.jpg)" + (
+                        f"; its {len(flat)} images lie directly in it, as ImageNet's validation "
+                        "tar unpacks: move each into the folder of its label" if flat else ""))
   unknown = sorted(set(present) - set(class_names))
   if unknown:
     raise UserError(f"label folders {unknown[:5]} of {split_dir} are not in {train_dir}")

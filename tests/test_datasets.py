@@ -71,6 +71,16 @@ def test_folder_errors(image_folder, tmp_path):
   empty.mkdir(parents=True)
   with pytest.raises(UserError, match="empty"):
     datasets.load_source("folder", "train", str(tmp_path / "empty"))
+  # Two layouts users bring, each with the fix in the message.
+  for i in range(3):  # Images directly in the split folder (ImageNet's validation tar).
+    (empty / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(b"")
+  with pytest.raises(UserError, match=re.escape(
+      f"{empty} has no label folders (expected <label>/*.jpg); its 3 images lie directly in it, "
+      "as ImageNet's validation tar unpacks: move each into the folder of its label")):
+    datasets.load_source("folder", "train", str(tmp_path / "empty"))
+  with pytest.raises(UserError, match=re.escape(
+      "(--data_dir is a split folder itself; pass the folder above it, " + root + ")")):
+    datasets.load_source("folder", "train", os.path.join(root, "train"))
 
 
 def test_unknown_dataset_and_imagenet_message(tmp_path):
