@@ -753,8 +753,6 @@ def _check_not_a_dataset_folder(builder, data_dir: str | None) -> None:
 def _check_imagenet_manual(name: str, builder, manual_dir: str | None) -> None:
   if name.split(":")[0].split("/")[0] != "imagenet2012":
     return
-  if _is_prepared(builder):
-    return
   manual_dir = manual_dir or _default_manual_dir(builder)
   missing = [t for t in IMAGENET_TARS if not tf.io.gfile.exists(os.path.join(manual_dir, t))]
   if missing:
@@ -762,6 +760,54 @@ def _check_imagenet_manual(name: str, builder, manual_dir: str | None) -> None:
         "imagenet2012 must be downloaded by hand: put " + " and ".join(IMAGENET_TARS)
         + f" (from image-net.org) in {manual_dir} (--manual_dir); missing: "
         + ", ".join(missing))
+
+
+def _prepare(name: str, builder, manual_dir: str | None) -> None:
+  """`builder.download_and_prepare()`, its failures worded as UserErrors."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _check_imagenet_manual(name, builder, manual_dir)
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  try:
+    builder.download_and_prepare(download_config=config)
+  except AssertionError as e:  # TFDS reports missing manual files this way.
+    raise UserError(f"cannot prepare TFDS dataset {name}: {e}") from None
+  except ValueError as e:  # An older version TFDS can read but no longer generate.
+    reason = re.sub(r"\.(?=[A-Z])", ". ", str(e).strip().splitlines()[0])  # "generated.Either"
+    raise UserError(f"cannot prepare TFDS dataset {name}: {reason}") from None
+  except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:  # A broken archive.
+    default_manual = _default_manual_dir(builder)
+    raise UserError(f"cannot prepare TFDS dataset {name}: an archive could not be read "
+                    f"({type(e).__name__}: {e}); check the archives put in "
+                    f"{manual_dir or default_manual} (--manual_dir), or delete a broken one "
+                    f"TFDS downloaded (in {os.path.dirname(default_manual)}) to fetch it "
+                    "again") from None
+  except OSError as e:  # No network (requests' errors are OSErrors), a full or read-only disk.
+    reason = (str(e).strip().splitlines() or [""])[0][:300]
+    raise UserError(f"could not download and prepare TFDS dataset {name} in "
+                    f"{builder.data_dir}: {type(e).__name__}: {reason}. Check the network "
+                    "and the disk, or prepare it where there is a network "
+                    f"(`tfds build {name}`) and pass its folder as --data_dir") from None
+
+
+def _other_versions_hint(builder) -> str:
+  """'; ... pass --dataset=NAME:VERSION' when another version TFDS can load is prepared.
+
+  A TFDS upgrade moves a dataset's default version (imagenet2012: 5.0.0 → 5.1.0), and the one
+  prepared before is not used: TFDS asks for the download again (for ImageNet, the tars).
+  """
+  versions_dir = os.path.dirname(str(builder.data_dir))  # DATA_DIR/NAME/[CONFIG/]VERSION
+  if "://" in versions_dir or not os.path.isdir(versions_dir):
+    return ""
+  loadable = {str(v) for v in builder.versions}
+  found = sorted((v for v in os.listdir(versions_dir) if v in loadable and os.path.isfile(
+      os.path.join(versions_dir, v, "dataset_info.json"))), key=lambda v: tuple(
+          int(p) for p in v.split(".")))
+  if not found:
+    return ""
+  config = getattr(builder, "builder_config", None)
+  base = builder.name + (f"/{config.name}" if config else "")
+  return (f"; {base} is prepared in {versions_dir} at version {', '.join(found)}: pass "
+          f"--dataset={base}:{found[-1]} to use it")
 
 
 def load_tfds(name: str, split: str, data_dir: str | None = None,
@@ -777,26 +823,10 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
     raise UserError(f"--dataset={name}: {_tfds_name_error(name, e)}") from None
   if not _is_prepared(builder):
     _check_not_a_dataset_folder(builder, data_dir)
-  _check_imagenet_manual(name, builder, manual_dir)
-  if not _is_prepared(builder):
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
-      builder.download_and_prepare(download_config=config)
-    except AssertionError as e:  # TFDS reports missing manual files this way.
-      raise UserError(f"cannot prepare TFDS dataset {name}: {e}") from None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:  # A broken archive.
-      default_manual = _default_manual_dir(builder)
-      raise UserError(f"cannot prepare TFDS dataset {name}: an archive could not be read "
-                      f"({type(e).__name__}: {e}); check the archives put in "
-                      f"{manual_dir or default_manual} (--manual_dir), or delete a broken one "
-                      f"TFDS downloaded (in {os.path.dirname(default_manual)}) to fetch it "
-                      "again") from None
-    except OSError as e:  # No network (requests' errors are OSErrors), a full or read-only disk.
-      reason = (str(e).strip().splitlines() or [""])[0][:300]
-      raise UserError(f"could not download and prepare TFDS dataset {name} in "
-                      f"{builder.data_dir}: {type(e).__name__}: {reason}. Check the network "
-                      "and the disk, or prepare it where there is a network "
-                      f"(`tfds build {name}`) and pass its folder as --data_dir") from None
+      _prepare(name, builder, manual_dir)
+    except UserError as e:
+      raise UserError(f"{e}{_other_versions_hint(builder)}") from None
   info = builder.info
   keys = info.supervised_keys
   if not keys or len(keys) != 2 or not isinstance(keys[0], str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -111,41 +112,82 @@ def test_tfds_version_or_config_it_does_not_have(tmp_path, name, start, end):
   assert message.startswith(start) and message.endswith(end) and "\n" not in message, message
 
 
+_TINY_TFDS: list = []
+
+
+def _tiny_tfds_dataset() -> str:
+  """A TFDS dataset generated here (no download), registered once: version 1.1.0, and 1.0.0."""
+  import tensorflow_datasets as tfds
+  if not _TINY_TFDS:
+
+    class AlexnetTfTinyImages(tfds.core.GeneratorBasedBuilder):  # Registered by its name.
+      VERSION = tfds.core.Version("1.1.0")
+      SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]
+
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
+                                     features=tfds.features.FeaturesDict({
+                                         "image": tfds.features.Image(shape=(None, None, 3)),
+                                         "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+      def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(4), "validation": self._generate_examples(2)}
+
+      def _generate_examples(self, n):
+        for i in range(n):
+          yield i, {"image": np.full((8 + i, 9, 3), 40 * i, np.uint8), "label": i % 2}
+
+    _TINY_TFDS.append("alexnet_tf_tiny_images")
+  return _TINY_TFDS[0]
+
+
 def test_data_dir_inside_a_prepared_tfds_dataset_is_refused(tmp_path):
   # --data_dir=~/tensorflow_datasets/NAME[/VERSION] made TFDS prepare the dataset again, inside
   # it (for imagenet2012: a request for the tars, or hours of preparation).
-  import tensorflow_datasets as tfds
-
-  class AlexnetTfTinyImages(tfds.core.GeneratorBasedBuilder):  # Registered by its name.
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"),
-                                   features=tfds.features.FeaturesDict({
-                                       "image": tfds.features.Image(shape=(None, None, 3)),
-                                       "label": tfds.features.ClassLabel(names=["a", "b"])}))
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples(4), "validation": self._generate_examples(2)}
-
-    def _generate_examples(self, n):
-      for i in range(n):
-        yield i, {"image": np.full((8 + i, 9, 3), 40 * i, np.uint8), "label": i % 2}
-
-  name = "alexnet_tf_tiny_images"
+  name = _tiny_tfds_dataset()
   root = tmp_path / "tfds"
   assert datasets.load_source(name, "train", str(root)).num_examples == 4
-  for inside in (root / name, root / name / "1.0.0"):
+  for inside in (root / name, root / name / "1.1.0"):
     with pytest.raises(UserError, match=re.escape(
         f"--data_dir={inside} is within TFDS's own folder for {name} (prepared in "
-        f"{root / name / '1.0.0'}), not a TFDS data dir; pass the folder that holds {name}/: "
+        f"{root / name / '1.1.0'}), not a TFDS data dir; pass the folder that holds {name}/: "
         f"--data_dir={root}")):
       datasets.load_source(name, "train", str(inside))
-  assert not (root / name / name).exists() and not (root / name / "1.0.0" / name).exists()
+  assert not (root / name / name).exists() and not (root / name / "1.1.0" / name).exists()
   # A data dir that is only named like the dataset is one.
   named_alike = tmp_path / name
   assert datasets.load_source(name, "validation", str(named_alike)).num_examples == 2
   assert datasets.load_source(name, "validation", str(named_alike)).num_examples == 2
+
+
+def test_another_prepared_tfds_version_is_named(tmp_path, monkeypatch):
+  # After a TFDS upgrade moves the default version, the one prepared before was not mentioned:
+  # the user only saw the download fail (for imagenet2012: "put the tars in ...").
+  import requests
+  import tensorflow_datasets as tfds
+  name = _tiny_tfds_dataset()
+  with pytest.raises(UserError, match=re.escape(  # Was a ValueError traceback.
+      f"cannot prepare TFDS dataset {name}:1.0.0: The version of the dataset you are trying to "
+      f"use ({name}/1.0.0) is too old for this version of TFDS so cannot be generated. Either")):
+    datasets.load_source(f"{name}:1.0.0", "train", str(tmp_path))
+  # Prepared by an earlier TFDS: this one's files, labelled 1.0.0.
+  assert datasets.load_source(name, "train", str(tmp_path / "now")).num_examples == 4
+  shutil.copytree(tmp_path / "now" / name / "1.1.0", tmp_path / name / "1.0.0")
+  info = tmp_path / name / "1.0.0" / "dataset_info.json"
+  info.write_text(info.read_text().replace('"1.1.0"', '"1.0.0"'))
+  assert datasets.load_source(f"{name}:1.0.0", "train", str(tmp_path)).num_examples == 4
+
+  def no_network(self, **kwargs):
+    raise requests.exceptions.ConnectionError("Max retries exceeded")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+  with pytest.raises(UserError) as e:
+    datasets.load_source(name, "train", str(tmp_path))
+  assert str(e.value).startswith(f"could not download and prepare TFDS dataset {name} in "
+                                 f"{tmp_path / name / '1.1.0'}: ConnectionError")
+  assert str(e.value).endswith(f"; {name} is prepared in {tmp_path / name} at version 1.0.0: "
+                               f"pass --dataset={name}:1.0.0 to use it"), str(e.value)
+  assert datasets.load_source(f"{name}:1.0.0", "validation", str(tmp_path)).num_examples == 2
 
 
 def test_tfds_download_failure_is_one_sentence(tmp_path, monkeypatch):
