@@ -772,6 +772,8 @@ def _prepare(name: str, builder, manual_dir: str | None) -> None:
   except AssertionError as e:  # TFDS reports missing manual files this way.
     raise UserError(f"cannot prepare TFDS dataset {name}: {e}") from None
   except ValueError as e:  # An older version TFDS can read but no longer generate.
+    if "cannot be generated" not in str(e):
+      raise  # A custom builder's own bug: its traceback is what its author needs.
     reason = re.sub(r"\.(?=[A-Z])", ". ", str(e).strip().splitlines()[0])  # "generated.Either"
     raise UserError(f"cannot prepare TFDS dataset {name}: {reason}") from None
   except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:  # A broken archive.
