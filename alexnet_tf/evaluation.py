@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf.errors import UserError, log_line
+from alexnet_tf.errors import UserError, check_tf_can_read_back, log_line
 
 TOP_K = 5
 DEFAULT_MODEL_DIR = "runs/alexnet"  # train.py's default --model_dir.
@@ -278,6 +278,7 @@ class SavedModelClassifier:
   def __init__(self, path: str):
     from alexnet_tf import export  # pylint: disable=g-import-not-at-top
     self.path = resolve_saved_model_dir(path)
+    check_tf_can_read_back("--saved_model", self.path)  # Else TF's "TensorSliceReader" error.
     try:
       self._loaded = tf.saved_model.load(self.path)
     except Exception as e:  # pylint: disable=broad-except

@@ -518,6 +518,19 @@ def test_in_process_user_errors(setup, overrides, message):
     evaluation.evaluate(evaluation.EvalConfig(**kwargs), log=lambda _: None)
 
 
+def test_saved_model_in_a_path_tf_cannot_load_from(setup):
+  # Was "cannot be loaded: Unsuccessful TensorSliceReader constructor: Failed to find any
+  # matching files for .../variables/variables" (tensorflow#6082).
+  path = setup["work"] / "exports[1]" / "1"
+  path.mkdir(parents=True)
+  (path / "saved_model.pb").write_bytes(b"")
+  with pytest.raises(UserError, match=re.escape(
+      f"--saved_model {path}: TensorFlow cannot load checkpoints or SavedModels from a path "
+      "with '[...]'")):
+    evaluation.evaluate(evaluation.EvalConfig(dataset="folder", data_dir=setup["data"],
+                                              saved_model=str(path.parent)), log=lambda _: None)
+
+
 class CountingModel:
   """A model wrapper that counts its Python calls (= traces inside tf.function)."""
 
