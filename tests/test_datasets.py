@@ -94,22 +94,22 @@ def test_unknown_dataset_and_imagenet_message(tmp_path):
   assert str(tmp_path / "manual") in msg
 
 
-@pytest.mark.parametrize("name, start, end", [
+@pytest.mark.parametrize("name, start, part", [
     ("imagenet2012:5.9.9", "--dataset=imagenet2012:5.9.9: Dataset imagenet2012 cannot be loaded "
-                           "at version 5.9.9, only: 5.", ""),
+                           "at version 5.9.9, only: ", ""),
     ("imagenette/bogus", "--dataset=imagenette/bogus: BuilderConfig bogus not found with version ",
-     "320px-v2, 160px-v2, full-size, 320px, 160px)"),
+     " (its configs: full-size-v2, 320px-v2, "),
     ("cifar10/x", "--dataset=cifar10/x: BuilderConfig x not found with version ",
      " (it has no configs)"),
     ("imagenet2012//", "--dataset=imagenet2012//: not a TFDS name; expected "
                        "NAME[/CONFIG][:VERSION], e.g. ", "imagenette/320px-v2"),
 ])
-def test_tfds_version_or_config_it_does_not_have(tmp_path, name, start, end):
+def test_tfds_version_or_config_it_does_not_have(tmp_path, name, start, part):
   # These were AssertionError/ValueError tracebacks, with TFDS's list of close configs empty.
   with pytest.raises(UserError) as e:
     datasets.load_source(name, "train", str(tmp_path))
   message = str(e.value)
-  assert message.startswith(start) and message.endswith(end) and "\n" not in message, message
+  assert message.startswith(start) and part in message and "\n" not in message, message
 
 
 _TINY_TFDS: list = []
