@@ -734,20 +734,26 @@ def _check_not_a_dataset_folder(builder, data_dir: str | None) -> None:
   # The layout TFDS writes: DATA_DIR/NAME/[CONFIG/]VERSION/dataset_info.json.
   dataset_dir = os.sep.join(parts[:len(parts) - parts[::-1].index(dataset)])
   configs = [c.name for c in type(builder).BUILDER_CONFIGS]
-  below = [os.path.join(glob.escape(dataset_dir), c) for c in map(glob.escape, configs)] or [
-      glob.escape(dataset_dir)]
-  for info in sorted(p for d in below for p in glob.glob(os.path.join(d, "*",
-                                                                       "dataset_info.json"))):
-    try:
-      with open(info, encoding="utf-8") as f:
-        same = json.load(f).get("name") == dataset
-    except (OSError, ValueError):
-      continue
-    if same:
-      root = os.path.dirname(dataset_dir)
+  for versions_dir in [os.path.join(dataset_dir, c) for c in configs] or [dataset_dir]:
+    for version in _prepared_versions(versions_dir):
+      info = os.path.join(versions_dir, version, "dataset_info.json")
+      try:
+        with open(info, encoding="utf-8") as f:
+          if json.load(f).get("name") != dataset:
+            continue
+      except (OSError, ValueError):
+        continue
       raise UserError(f"--data_dir={data_dir} is within TFDS's own folder for {dataset} "
                       f"(prepared in {os.path.dirname(info)}), not a TFDS data dir; pass the "
-                      f"folder that holds {dataset}/: --data_dir={root}")
+                      f"folder that holds {dataset}/: --data_dir={os.path.dirname(dataset_dir)}")
+
+
+def _prepared_versions(versions_dir: str) -> list[str]:
+  """The sub-folders of DATA_DIR/NAME/[CONFIG] that hold a prepared version (dataset_info.json)."""
+  if not os.path.isdir(versions_dir):
+    return []
+  return sorted(v for v in os.listdir(versions_dir)
+                if os.path.isfile(os.path.join(versions_dir, v, "dataset_info.json")))
 
 
 def _check_imagenet_manual(name: str, builder, manual_dir: str | None) -> None:
@@ -798,12 +804,11 @@ def _other_versions_hint(builder) -> str:
   prepared before is not used: TFDS asks for the download again (for ImageNet, the tars).
   """
   versions_dir = os.path.dirname(str(builder.data_dir))  # DATA_DIR/NAME/[CONFIG/]VERSION
-  if "://" in versions_dir or not os.path.isdir(versions_dir):
+  if "://" in versions_dir:
     return ""
   loadable = {str(v) for v in builder.versions}
-  found = sorted((v for v in os.listdir(versions_dir) if v in loadable and os.path.isfile(
-      os.path.join(versions_dir, v, "dataset_info.json"))), key=lambda v: tuple(
-          int(p) for p in v.split(".")))
+  found = sorted((v for v in _prepared_versions(versions_dir) if v in loadable),
+                 key=lambda v: tuple(int(p) for p in v.split(".")))
   if not found:
     return ""
   config = getattr(builder, "builder_config", None)
