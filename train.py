@@ -134,10 +134,20 @@ def config_from_flags() -> "training.TrainConfig":
           image_size=int(FLAGS.image_size)),
       random_crop=FLAGS.random_crop, random_flip=FLAGS.random_flip,
       pca_lighting=FLAGS.pca_lighting,
-      stats=data_flags.load_stats(FLAGS.stats) if FLAGS.stats else None,
+      stats=_stats(),
       strict_data=FLAGS.strict_data, checkpoint_steps=FLAGS.checkpoint_steps,
       keep_checkpoints=FLAGS.keep_checkpoints, log_steps=FLAGS.log_steps,
       export_dir=_export_dir(), nan_recovery=FLAGS.nan_recovery)
+
+
+def _stats() -> dict | None:
+  if not FLAGS.stats:
+    if FLAGS.stats_mean != "auto":
+      from alexnet_tf.errors import UserError
+      raise UserError(f"--stats_mean={FLAGS.stats_mean} needs --stats=FILE (without it the "
+                      "model subtracts ImageNet's per-channel mean)")
+    return None
+  return data_flags.load_stats(FLAGS.stats, FLAGS.stats_mean, int(FLAGS.image_size))
 
 
 def _export_dir() -> str | None:

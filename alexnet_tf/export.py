@@ -371,7 +371,9 @@ def preprocessing_settings(image_size: int, *, top_k: int, class_names: list[str
       "signatures": signatures,
   }
   if model_config is not None:
-    settings["mean"] = model_config.get("mean", "imagenet")
+    mean = model_config.get("mean", "imagenet")
+    settings["mean"] = ("the training set's per-pixel mean image, a variable of the model "
+                        "(its central crop is subtracted)" if mean == "mean_image" else mean)
     settings["model"] = dict(model_config)
   return settings
 

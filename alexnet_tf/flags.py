@@ -6,6 +6,7 @@
   --manual_dir   TFDS manual downloads (imagenet2012: ILSVRC2012_img_{train,val}.tar)
   --strict_data  corrupt images are an error naming the file instead of being skipped
   --stats        JSON from `python -m alexnet_tf.tools.dataset_stats` (mean + eigen-pairs)
+  --stats_mean   which mean of --stats the model subtracts: its mean image or per-channel mean
 See `alexnet_tf.datasets` for the layout each --dataset expects.
 """
 
@@ -15,17 +16,21 @@ import json
 import math
 import os
 
+import numpy as np
 from absl import flags
 
 from alexnet_tf.errors import UserError
 
+# --stats_mean: which mean of a --stats file the model subtracts.
+STATS_MEANS = ("auto", "image", "channel")
 _DATASET_HELP = ("Dataset: 'shapes' (built-in, generated on first use), 'folder' "
                  "(--data_dir=ROOT with ROOT/<split>/<label>/*.jpg), 'tfrecord' (--data_dir=DIR or "
                  "GLOB of tf.train.Example shards), or any TFDS name, e.g. imagenet2012.")
 
 
 def define_dataset_flags(training: bool = True) -> None:
-  """Defines --dataset, --data_dir, --manual_dir and, with `training`, --strict_data, --stats."""
+  """Defines --dataset, --data_dir, --manual_dir and, with `training`, --strict_data, --stats,
+  --stats_mean."""
   fv = flags.FLAGS
   if "dataset" not in fv:
     flags.DEFINE_string("dataset", "shapes", _DATASET_HELP)
@@ -45,8 +50,13 @@ def define_dataset_flags(training: bool = True) -> None:
                       "it (default: skip it and count it in the epoch log).")
   if "stats" not in fv:
     flags.DEFINE_string("stats", None, "JSON written by `python -m alexnet_tf.tools.dataset_stats`"
-                        ": per-channel mean (mean subtraction) and RGB eigen-pairs (PCA lighting). "
-                        "Default: ImageNet's values.")
+                        ": the mean to subtract and the RGB eigen-pairs (PCA lighting). Default: "
+                        "ImageNet's values.")
+  if "stats_mean" not in fv:
+    flags.DEFINE_enum("stats_mean", "auto", STATS_MEANS, "The mean of --stats that the model "
+                      "subtracts: 'image', its per-pixel mean image (the paper's; written by "
+                      "dataset_stats --mean_image), 'channel', its per-channel RGB mean, or "
+                      "'auto', the mean image when the file names one.")
 
 
 def _floats(value, shape: tuple[int, ...], key: str, path: str) -> list:
@@ -69,17 +79,27 @@ def _floats(value, shape: tuple[int, ...], key: str, path: str) -> list:
   return [_floats(row, shape[1:], key, path) for row in value]
 
 
-def load_stats(path: str) -> dict:
+def load_stats(path: str, stats_mean: str = "auto", image_size: int = 227) -> dict:
   """Reads and validates a dataset statistics JSON (see `alexnet_tf.tools.dataset_stats`).
+
+  Args:
+    path: the JSON file (--stats).
+    stats_mean: "auto" keeps the file's mean image, if it names one; "image" requires one;
+      "channel" drops it, so that the per-channel mean is subtracted (--stats_mean).
+    image_size: the model's input side; a mean image must be at least that large.
 
   Returns:
     {"mean": [3 floats, RGB, 0..255], "eigenvalues": [3 floats, descending, covariance of
     0..255 values], "eigenvectors": 3x3 (one unit eigenvector per column), plus the file's
-    other keys (num_images, ...)}; "mean_image" (a .npy path), when present, is made absolute.
+    other keys (num_images, ...)}; "mean_image" (the absolute path of a checked .npy) only where
+    the model is to subtract it.
 
   Raises:
-    UserError: missing/unreadable file, bad JSON, missing or malformed keys.
+    UserError: missing/unreadable file, bad JSON, missing or malformed keys, a mean image that
+    is missing or malformed, or none where `stats_mean` is "image".
   """
+  if stats_mean not in STATS_MEANS:
+    raise ValueError(f"stats_mean must be one of {STATS_MEANS}, got {stats_mean!r}")
   try:
     with open(os.path.expanduser(path), encoding="utf-8") as f:
       data = json.load(f)
@@ -114,9 +134,50 @@ def load_stats(path: str) -> dict:
     if abs(norm - 1.0) > 1e-3:
       raise UserError(f"--stats={path}: eigenvector column {j} must have unit length "
                       f"(has {norm:.4f})")
-  if data.get("mean_image") is not None:
+  out.pop("mean_image", None)
+  if data.get("mean_image") is not None and stats_mean != "channel":
     mean_image = os.path.expanduser(str(data["mean_image"]))
     if not os.path.isabs(mean_image):
       mean_image = os.path.join(os.path.dirname(os.path.abspath(path)), mean_image)
+    load_mean_image(mean_image, image_size, from_the_tool="num_images" in data,
+                    what=f"--stats={path}: its mean image {mean_image}")
     out["mean_image"] = mean_image
+  elif stats_mean == "image":
+    raise UserError(f"--stats_mean=image: --stats={path} names no mean image (write one with "
+                    "python -m alexnet_tf.tools.dataset_stats --mean_image=FILE.npy)")
   return out
+
+
+def load_mean_image(path: str, image_size: int = 227, *, from_the_tool: bool = True,
+                    what: str | None = None) -> np.ndarray:
+  """Reads a mean image .npy: float32 [H, W, 3], RGB, 0..255, H and W at least `image_size`.
+
+  Args:
+    path: the .npy file (as `dataset_stats --mean_image` writes it).
+    image_size: the model's input side.
+    from_the_tool: False for a file not written by dataset_stats: [0, 1]-scale values are then
+      refused (see `load_stats`).
+    what: how errors name the file (default "the mean image PATH").
+
+  Raises:
+    UserError: a missing or unreadable file, or one that is not such an array.
+  """
+  where = what or f"the mean image {path}"
+  try:
+    image = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise UserError(f"{where} does not exist") from None
+  except (OSError, ValueError, EOFError) as e:
+    raise UserError(f"{where} is not a .npy array ({e})") from None
+  if (not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[-1] != 3
+      or min(image.shape[:2]) < image_size or image.dtype.kind not in "uif"):
+    raise UserError(f"{where} must be a numeric [H, W, 3] RGB array with H and W at least "
+                    f"{image_size}; it is {getattr(image, 'dtype', '?')} "
+                    f"{list(getattr(image, 'shape', []))}")
+  image = image.astype(np.float32)
+  if not np.all(np.isfinite(image)) or image.min() < 0 or image.max() > 255:
+    raise UserError(f"{where} must hold finite RGB values in 0..255")
+  if image.max() <= 1.0 and not from_the_tool:
+    raise UserError(f"{where} is on the [0, 1] scale; it must hold 0..255 values (multiply "
+                    "by 255)")
+  return image

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from alexnet_tf import flags as data_flags
 from alexnet_tf.errors import UserError, check_tf_can_read_back
 from alexnet_tf.files import write_whole
 from alexnet_tf.model import AlexNet
@@ -52,12 +53,19 @@ def build_model(model_config: dict[str, Any], model_dir: str | None = None,
   """
   kwargs = dict(model_config)
   size = int(kwargs.pop("image_size", 227))
-  if kwargs.get("mean") == "mean_image":
+  if kwargs.get("mean") == "mean_image" and "mean" not in overrides:
     if model_dir is None:
       raise UserError("this model subtracts a mean image; pass its model dir.")
-    kwargs["mean"] = np.load(os.path.join(model_dir, MEAN_IMAGE_FILE))
+    kwargs["mean"] = load_mean_image(model_dir, size)
   kwargs.update(overrides)
   return AlexNet(input_shape=(size, size, 3), **kwargs)
+
+
+def load_mean_image(model_dir: str, image_size: int = 227) -> np.ndarray:
+  """MODEL_DIR/mean_image.npy, the per-pixel mean that train.py copied from --stats."""
+  path = os.path.join(model_dir, MEAN_IMAGE_FILE)
+  return data_flags.load_mean_image(path, image_size, what=(
+      f"--model_dir {model_dir!r} trained with a mean image, but its {MEAN_IMAGE_FILE}"))
 
 
 def config_path(model_dir: str) -> str:

@@ -33,9 +33,10 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf import distribute, model_dir as model_dir_lib, preprocessing
+from alexnet_tf import distribute, flags as data_flags, model_dir as model_dir_lib, preprocessing
 from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_dir, log_line
 from alexnet_tf.evaluation import evaluate_model
+from alexnet_tf.files import write_whole
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
                                      learning_rate_at, scaled_learning_rate)
 
@@ -173,13 +174,64 @@ def validation_overlap_note(train_source: Any, val_source: Any,
           "{split}), so val_top1 is not held out and the plateau schedule follows it.")
 
 
-def check_compatible(existing: dict, new: dict, model_dir: str) -> None:
-  """A model dir can only be resumed with the same architecture."""
+def check_compatible(existing: dict, new: dict, model_dir: str,
+                     mean_image: np.ndarray | None = None) -> None:
+  """A model dir can only be resumed with the same architecture and the same mean: the
+  weights learned so far expect the inputs that mean gave them. `mean_image`: this run's,
+  where `new` subtracts one."""
   for key in model_dir_lib.ARCHITECTURE_KEYS:
     if key in existing and existing.get(key) != new.get(key):
       raise UserError(
           f"--model_dir {model_dir!r} holds a model with {key}={existing.get(key)!r}, but this "
           f"run asks for {key}={new.get(key)!r}; use a new --model_dir or the same settings.")
+  if "mean" not in existing:
+    return
+  this_run = _describe_mean(new)
+  if existing["mean"] == new.get("mean"):
+    if mean_image is None or _same_mean_image(model_dir, mean_image):
+      return
+    this_run = "another mean image"
+  raise UserError(
+      f"--model_dir {model_dir!r} holds a model trained with {_describe_mean(existing)}, but "
+      f"this run subtracts {this_run}; to resume it, pass the same --stats (and "
+      "--stats_mean), or use a new --model_dir.")
+
+
+def _same_mean_image(model_dir: str, mean_image: np.ndarray) -> bool:
+  """Whether the model dir's mean image is `mean_image` (true if it has none yet: a first run
+  that stopped before writing it)."""
+  path = os.path.join(model_dir, model_dir_lib.MEAN_IMAGE_FILE)
+  try:
+    existing = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    return True
+  except (OSError, ValueError, EOFError):
+    return False
+  return existing.shape == mean_image.shape and np.array_equal(existing, mean_image)
+
+
+def _describe_mean(model_config: dict) -> str:
+  mean = model_config.get("mean")
+  if mean == "mean_image":
+    return f"a mean image (its {model_dir_lib.MEAN_IMAGE_FILE})"
+  if mean is None:
+    return "no mean"
+  if mean == "imagenet":
+    return "ImageNet's per-channel mean (no --stats)"
+  return "the per-channel mean [" + ", ".join(f"{v:.2f}" for v in mean) + "]"
+
+
+def _mean_to_subtract(config: TrainConfig, model_config: dict
+                      ) -> tuple[Any, np.ndarray | None]:
+  """(config.json's "mean", the mean image array or None): --stats' mean image when it names
+  one (the paper's per-pixel mean), else its per-channel mean, else the model config's."""
+  stats = config.stats or {}
+  if stats.get("mean_image"):
+    image = data_flags.load_mean_image(stats["mean_image"], model_config.get("image_size", 227))
+    return "mean_image", image
+  if stats.get("mean") is not None:
+    return [float(v) for v in stats["mean"]], None
+  return model_config.get("mean"), None
 
 
 # ----------------------------------------------------------------------------
@@ -262,9 +314,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
   val_corrupt = input_pipeline.corrupt_counter("eval")
   val_corrupt.reset()
   model_config = dict(config.model, classes=train_source.num_classes)
-  if config.stats and config.stats.get("mean") is not None:
-    model_config["mean"] = [float(v) for v in config.stats["mean"]]
-  _prepare_model_dir(config, model_config, train_source, chief)
+  model_config["mean"], mean_image = _mean_to_subtract(config, model_config)
+  _prepare_model_dir(config, model_config, train_source, chief, mean_image)
+  if mean_image is not None and chief:
+    log(f"Subtracting the per-pixel mean image {config.stats['mean_image']} "
+        f"({mean_image.shape[0]}x{mean_image.shape[1]}; its central crop at the model's input).")
 
   steps_per_epoch = train_source.num_examples // config.batch_size
   if steps_per_epoch < 1:
@@ -291,8 +345,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
     keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
   try:
     with strategy.scope():
-      model = model_dir_lib.build_model(model_config, config.model_dir,
-                                        classifier_activation=None, seed=config.seed)
+      # The mean image is given, not read back from the model dir: a worker may not see the
+      # chief's copy yet.
+      model = model_dir_lib.build_model(
+          model_config, config.model_dir, classifier_activation=None, seed=config.seed,
+          **({} if mean_image is None else {"mean": mean_image}))
       optimizer = PaperSGD(learning_rate=schedule.base_lr, momentum=config.momentum,
                            coupled_weight_decay=config.weight_decay,
                            decay_biases=config.decay_biases)
@@ -643,15 +700,20 @@ class _Saver:
     return path
 
 
-def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: bool) -> None:
+def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: bool,
+                       mean_image: np.ndarray | None) -> None:
   existing = None
   if os.path.isfile(model_dir_lib.config_path(config.model_dir)):
     existing = model_dir_lib.read_config(config.model_dir)
-    check_compatible(existing["model"], model_config, config.model_dir)
+    check_compatible(existing["model"], model_config, config.model_dir, mean_image)
   if not chief:
     return
   try:
     os.makedirs(config.model_dir, exist_ok=True)
+    if mean_image is not None:
+      # Before config.json names it, so that a model dir never names a mean image it lacks.
+      write_whole(os.path.join(config.model_dir, model_dir_lib.MEAN_IMAGE_FILE),
+                  lambda f: np.save(f, mean_image), binary=True)
     model_dir_lib.write_config(config.model_dir, dict(
         model=model_config, class_names=source.class_names,
         dataset=dict(name=config.dataset, data_dir=config.data_dir,

@@ -289,6 +289,50 @@ def test_load_stats_validation(tmp_path, content, match):
     data_flags.load_stats(str(path))
 
 
+def _stats_with_mean_image(tmp_path, image, **extra):
+  np.save(tmp_path / "m.npy", image)
+  path = tmp_path / "stats.json"
+  path.write_text(json.dumps(dict(GOOD, mean_image="m.npy", **extra)))
+  return str(path)
+
+
+@pytest.mark.parametrize("image,match", [
+    (None, "does not exist"),
+    (np.full((256, 256), 100.0), r"must be a numeric \[H, W, 3\] RGB array with H and W at "
+                                 r"least 227; it is float64 \[256, 256\]"),
+    (np.full((200, 256, 3), 100.0), r"must be .* at least 227; it is float64 \[200, 256, 3\]"),
+    (np.full((256, 256, 3), np.nan), "must hold finite RGB values in 0..255"),
+    (np.full((256, 256, 3), 300.0), "must hold finite RGB values in 0..255"),
+    (np.full((256, 256, 3), 0.45), r"is on the \[0, 1\] scale"),
+])
+def test_load_stats_checks_the_mean_image(tmp_path, image, match):
+  path = _stats_with_mean_image(tmp_path, np.zeros((256, 256, 3)) if image is None else image)
+  if image is None:
+    os.remove(tmp_path / "m.npy")
+  with pytest.raises(UserError, match=f"^--stats={re.escape(path)}: its mean image "
+                     f"{re.escape(str(tmp_path / 'm.npy'))} {match}"):
+    data_flags.load_stats(path)
+
+
+def test_stats_mean_picks_the_mean_image_or_the_channel_mean(tmp_path):
+  path = _stats_with_mean_image(tmp_path, np.full((256, 256, 3), 100.0, np.float32))
+  # The mean image is found beside the JSON, whatever the working directory.
+  assert data_flags.load_stats(path)["mean_image"] == str(tmp_path / "m.npy")
+  assert data_flags.load_stats(path, "image")["mean_image"] == str(tmp_path / "m.npy")
+  assert "mean_image" not in data_flags.load_stats(path, "channel")
+  # A broken mean image does not matter where the per-channel mean is asked for.
+  (tmp_path / "m.npy").write_bytes(b"not npy")
+  assert data_flags.load_stats(path, "channel")["mean"] == GOOD["mean"]
+  with pytest.raises(UserError, match="is not a .npy array"):
+    data_flags.load_stats(path)
+  plain = tmp_path / "plain.json"
+  plain.write_text(json.dumps(GOOD))
+  with pytest.raises(UserError, match=f"^--stats_mean=image: --stats={re.escape(str(plain))} "
+                     "names no mean image"):
+    data_flags.load_stats(str(plain), "image")
+  assert "mean_image" not in data_flags.load_stats(str(plain))
+
+
 def test_dark_dataset_stats_written_by_the_tool_are_allowed(tmp_path):
   path = tmp_path / "stats.json"
   path.write_text(json.dumps(dict(GOOD, mean=[0.5, 0.25, 1.0], num_images=10)))

@@ -336,6 +336,7 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
     (["--dropout=1.5"], "--dropout must be in [0, 1)"),
     (["--model_dir=runs/lr[0.01]"], "--model_dir runs/lr[0.01] ("),
     (["--export_dir=exports[2]"], "--export_dir exports[2] ("),
+    (["--stats_mean=image"], "--stats_mean=image needs --stats=FILE"),
 ])
 def test_bad_flags_fail_with_one_line(args, message, tmp_path, tiny_data):
   base = [TRAIN_PY, f"--model_dir={tmp_path / 'run'}", "--dataset=folder",
@@ -353,3 +354,54 @@ def test_incompatible_model_dir_is_refused(tmp_path, tiny_data):
   proc = run(train_args(model_dir, tiny_data, "--max_steps=2", "--towers=1"), check=False)
   assert proc.returncode == 1
   assert "towers=2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stats_mean_image_is_subtracted_and_a_resume_keeps_the_mean(tmp_path, tiny_data):
+  """--stats naming a mean image: the model subtracts it (the paper's per-pixel mean), the model
+  dir keeps a copy, and a rerun that would subtract another mean is refused."""
+  rows = np.linspace(90.0, 150.0, 256, dtype=np.float32)  # Brighter towards the bottom.
+  mean_image = np.broadcast_to(rows[:, None, None], (256, 256, 3)) + np.float32([0, 5, 10])
+  np.save(tmp_path / "mean.npy", mean_image)
+  stats = {"mean": [120.0, 125.0, 130.0], "eigenvalues": [3.0, 2.0, 1.0],
+           "eigenvectors": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "num_images": 8,
+           "mean_image": "mean.npy"}  # Relative to the JSON's folder.
+  (tmp_path / "stats.json").write_text(json.dumps(stats))
+  model_dir = str(tmp_path / "run")
+  with_stats = (f"--stats={tmp_path / 'stats.json'}", "--validation_steps=1")
+  out = run(train_args(model_dir, tiny_data, *with_stats, "--max_steps=1")).stdout
+  assert f"Subtracting the per-pixel mean image {tmp_path / 'mean.npy'} (256x256" in out, out
+  with open(os.path.join(model_dir, "config.json")) as f:
+    assert json.load(f)["model"]["mean"] == "mean_image"
+  np.testing.assert_array_equal(np.load(os.path.join(model_dir, "mean_image.npy")), mean_image)
+  model, _ = restore_model(model_dir)
+  np.testing.assert_array_equal(model.get_layer("mean_subtraction").mean_image.numpy(),
+                                mean_image)
+  image = np.full((1, 227, 227, 3), 200.0, np.float32)  # The mean's central 227 rows.
+  np.testing.assert_allclose(model.get_layer("mean_subtraction")(image)[0],
+                             200.0 - mean_image[14:241, 14:241], rtol=0, atol=1e-4)
+
+  for extra, subtracts in [((), "ImageNet's per-channel mean (no --stats)"),
+                           ((*with_stats, "--stats_mean=channel"),
+                            "the per-channel mean [120.00, 125.00, 130.00]")]:
+    proc = run(train_args(model_dir, tiny_data, *extra, "--max_steps=2"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (f"error: --model_dir {model_dir!r} holds a model trained with a mean image (its "
+            f"mean_image.npy), but this run subtracts {subtracts}; to resume it, pass the same "
+            "--stats") in proc.stderr, proc.stderr
+  np.save(tmp_path / "mean.npy", mean_image + 1)
+  proc = run(train_args(model_dir, tiny_data, *with_stats, "--max_steps=2"), check=False)
+  assert proc.returncode == 1 and "this run subtracts another mean image" in proc.stderr
+  np.save(tmp_path / "mean.npy", mean_image)
+  out = run(train_args(model_dir, tiny_data, *with_stats, "--max_steps=2")).stdout
+  assert "Resumed from" in out and "step 1" in out, out
+
+
+def test_a_resume_with_another_per_channel_mean_is_refused(tmp_path):
+  """Without --stats a rerun subtracted ImageNet's mean from a model trained on another."""
+  from alexnet_tf.training import check_compatible
+  trained = {"towers": 2, "mean": [120.0, 125.0, 130.0]}
+  check_compatible(trained, dict(trained), str(tmp_path))
+  with pytest.raises(UserError, match=r"trained with the per-channel mean \[120.00, 125.00, "
+                     r"130.00\], but this run subtracts ImageNet's per-channel mean \(no "
+                     r"--stats\); to resume it, pass the same --stats"):
+    check_compatible(trained, dict(trained, mean="imagenet"), str(tmp_path))

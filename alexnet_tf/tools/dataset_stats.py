@@ -14,9 +14,10 @@ batch. The output JSON holds
   num_images, num_pixels, skipped, dataset, split, image_size (256), scale ("0..255")
   mean_image    (with --mean_image) the .npy path of the float32 [256, 256, 3] mean image
 
-`train.py --stats=stats.json` uses `mean` for mean subtraction and the eigen-pairs for PCA
-lighting (`alexnet_tf.preprocessing.pca_lighting` rescales 0..255-scale eigenvalues). Corrupt
-images are skipped and counted.
+`train.py --stats=stats.json` uses the mean image for mean subtraction when the file names one
+(the paper's per-pixel mean; `--stats_mean=channel` for `mean` instead), else `mean`, and the
+eigen-pairs for PCA lighting (`alexnet_tf.preprocessing.pca_lighting` rescales 0..255-scale
+eigenvalues). Corrupt images are skipped and counted.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def define_flags() -> None:
   flags.DEFINE_string("split", "train", "Split to measure (the paper: the training set).")
   flags.DEFINE_string("output", None, "Where to write the JSON statistics.")
   flags.DEFINE_string("mean_image", None, "Also write the per-pixel mean image (float32 "
-                      "[256, 256, 3], 0..255) to this .npy file.")
+                      "[256, 256, 3], 0..255) to this .npy file; train.py --stats then subtracts it, "
+                      "as the paper did.")
   flags.DEFINE_integer("max_images", None, "Use only the first N images (quick estimates).")
 
 
