@@ -200,14 +200,13 @@ def check_compatible(existing: dict, new: dict, model_dir: str,
 def _same_mean_image(model_dir: str, mean_image: np.ndarray) -> bool:
   """Whether the model dir's mean image is `mean_image` (true if it has none yet: a first run
   that stopped before writing it)."""
-  path = os.path.join(model_dir, model_dir_lib.MEAN_IMAGE_FILE)
-  try:
-    existing = np.load(path, allow_pickle=False)
-  except FileNotFoundError:
+  if not os.path.exists(os.path.join(model_dir, model_dir_lib.MEAN_IMAGE_FILE)):
     return True
-  except (OSError, ValueError, EOFError):
+  try:
+    existing = model_dir_lib.load_mean_image(model_dir, image_size=1)
+  except UserError:  # Unreadable: not known to be the same.
     return False
-  return existing.shape == mean_image.shape and np.array_equal(existing, mean_image)
+  return np.array_equal(existing, mean_image)  # False for another shape too.
 
 
 def _describe_mean(model_config: dict) -> str:
