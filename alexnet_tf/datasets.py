@@ -164,23 +164,40 @@ def _shard(input_context: tf.distribute.InputContext | None) -> tuple[int, int]:
 
 @dataclasses.dataclass
 class FileListSource(DatasetSource):
-  """Records read from a list of image files (folder, shapes)."""
+  """Records read from a list of image files (folder, shapes).
+
+  `unreadable` are those of `files` known, when listed, not to be readable (broken links):
+  their records come with an empty "image", which the pipelines skip and count as corrupt
+  like any other bad file (a read would fail the record before it could be counted).
+  """
   files: list[str] = dataclasses.field(default_factory=list, repr=False)
   labels: list[int] = dataclasses.field(default_factory=list, repr=False)
+  unreadable: list[str] = dataclasses.field(default_factory=list, repr=False)
 
   shuffles_records = True
   reads_file_per_record = True
 
   def records(self, input_context=None, *, shuffle=False, seed=None):
     n, i = _shard(input_context)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(self.files, tf.string), tf.constant(self.labels, tf.int64)))
+    columns = (tf.constant(self.files, tf.string), tf.constant(self.labels, tf.int64))
+    if self.unreadable:
+      unreadable = set(self.unreadable)
+      columns += (tf.constant([f not in unreadable for f in self.files]),)
+    ds = tf.data.Dataset.from_tensor_slices(columns)
     if n > 1:
       ds = ds.shard(n, i)
     if shuffle:
       ds = ds.shuffle(len(self.files) // n + 1, seed=seed, reshuffle_each_iteration=True)
-    return ds.map(lambda f, y: _element_spec_dict(tf.io.read_file(f), y, f),
-                  num_parallel_calls=_AUTOTUNE, deterministic=True)
+    return ds.map(_read_listed_file, num_parallel_calls=_AUTOTUNE, deterministic=True)
+
+
+def _read_listed_file(filename: tf.Tensor, label: tf.Tensor, readable: tf.Tensor | None = None
+                      ) -> dict:
+  if readable is None:
+    image = tf.io.read_file(filename)
+  else:
+    image = tf.cond(readable, lambda: tf.io.read_file(filename), lambda: tf.constant(b""))
+  return _element_spec_dict(image, label, filename)
 
 
 @dataclasses.dataclass
@@ -500,18 +517,19 @@ def load_folder(root: str, split: str) -> FileListSource:
   unknown = sorted(set(present) - set(class_names))
   if unknown:
     raise UserError(f"label folders {unknown[:5]} of {split_dir} are not in {train_dir}")
-  files, labels, ignored = [], [], []
+  files, labels, ignored, unreadable = [], [], [], []
   for label, name in enumerate(class_names):
     if name not in present:
       continue
     class_dir = os.path.join(split_dir, name)
-    entries = sorted(f for f in tf.io.gfile.listdir(class_dir) if not f.startswith("."))
+    entries, broken = _list_files(class_dir)
     names = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not names:
       raise UserError(f"label folder {class_dir} has no images ("
                       + ", ".join("*" + e for e in IMAGE_EXTENSIONS) + ")")
     files.extend(os.path.join(class_dir, f) for f in names)
     labels.extend([label] * len(names))
+    unreadable.extend(os.path.join(class_dir, f) for f in names if f in broken)
     ignored.extend(os.path.join(name, f) for f in sorted(set(entries) - set(names)))
   if ignored:  # A .tif, a .heic or a sub-folder is not read, and the user may not expect that.
     shown = [p.rstrip("/") + "/" if tf.io.gfile.isdir(os.path.join(split_dir, p)) else p
@@ -519,9 +537,29 @@ def load_folder(root: str, split: str) -> FileListSource:
     _log.warning("Ignored %d file(s) in %s that are not images (%s; sub-folders are not read): "
                  "%s", len(ignored), split_dir, ", ".join("*" + e for e in IMAGE_EXTENSIONS),
                  ", ".join(shown) + (", ..." if len(ignored) > 3 else ""))
+  if unreadable:
+    _log.warning("%d image file(s) in %s cannot be read (broken links); they are skipped and "
+                 "counted as corrupt: %s", len(unreadable), split_dir,
+                 ", ".join(os.path.relpath(f, split_dir) for f in unreadable[:3])
+                 + (", ..." if len(unreadable) > 3 else ""))
   return FileListSource(name="folder", split=split, num_examples=len(files),
                         num_classes=len(class_names), class_names=class_names,
-                        files=files, labels=labels)
+                        files=files, labels=labels, unreadable=unreadable)
+
+
+def _list_files(folder: str) -> tuple[list[str], set[str]]:
+  """The sorted names in `folder` (hidden ones left out), and those of them that are broken
+  links. On a local disk the listing says which entries are links, so only links cost a
+  stat; elsewhere (gs://, ...) there are no links and nothing is checked."""
+  if "://" in folder:
+    return sorted(f for f in tf.io.gfile.listdir(folder) if not f.startswith(".")), set()
+  try:
+    with os.scandir(folder) as entries:
+      entries = [e for e in entries if not e.name.startswith(".")]
+  except OSError as e:  # No permission, say.
+    raise UserError(f"cannot list the label folder {folder}: {e.strerror}") from None
+  broken = {e.name for e in entries if e.is_symlink() and not os.path.exists(e.path)}
+  return sorted(e.name for e in entries), broken
 
 
 def _tfrecord_files(data_dir: str, split: str) -> list[str]:

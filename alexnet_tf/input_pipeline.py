@@ -62,9 +62,13 @@ Corrupt files. A corrupt, truncated or non-image record must not kill a long run
    `tf.errors.InvalidArgumentError` whose message contains "corrupt image file" and the file
    name (from the check), or TF's decode error (no `ignore_errors()` in strict mode).
    `raise_data_error` re-raises either as one sentence (train.py and evaluate.py do).
-4. A file that cannot be read at all (a folder source's broken link, deleted or unreadable
-   file) has no bytes to check: `source_records` drops its record (TF logs a warning naming
-   it), uncounted; with `strict` it raises NotFoundError/PermissionDeniedError (`DATA_ERRORS`).
+4. A folder source's broken links are found when the folder is listed
+   (`FileListSource.unreadable`): their records come with empty bytes, so the check counts
+   and drops them like corrupt files (with `strict`, `check_source` names the first before
+   anything is read). A file that cannot be read for another reason (deleted after the
+   listing, no permission) has no bytes to check: `source_records` drops its record (TF logs
+   a warning naming it), uncounted; with `strict` it raises NotFoundError/PermissionDeniedError
+   (`DATA_ERRORS`).
 
 Reading the count in a training loop (counters are per process and shared by all pipelines
 built with the same counter; by default `corrupt_counter("train")` for training pipelines and
@@ -321,8 +325,9 @@ DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
 def source_records(source: DatasetSource, input_context=None, *, shuffle: bool = False,
                    seed: int | None = None, strict: bool = False) -> tf.data.Dataset:
   """`source.records(...)`; unless `strict`, without the records whose file cannot be read
-  (deleted, a broken link, no permission: TF logs each, naming the file; they are not counted
-  as corrupt, since no bytes reach the check)."""
+  (deleted after the listing, no permission: TF logs each, naming the file; they are not
+  counted as corrupt, since no bytes reach the check; broken links found by the listing are
+  counted, see the module docstring)."""
   ds = source.records(input_context, shuffle=shuffle, seed=seed)
   if source.reads_file_per_record and not strict:
     ds = ds.ignore_errors(log_warning=True)
@@ -627,7 +632,7 @@ def strict_data_error(error: tf.errors.OpError) -> UserError | None:
   message = str(error)
   corrupt = _STRICT_CORRUPT.search(message)
   if corrupt:
-    return UserError(f"corrupt image file {corrupt.group(1)} (--strict_data)")
+    return _bad_file_error(corrupt.group(1))
   failed = _PIPELINE_ERROR.search(message)
   if failed:
     reason = failed.group(1)
@@ -723,9 +728,12 @@ def check_source(source: DatasetSource, *, sample_size: int | None = 256,
 
   Raises:
     UserError: when more than `threshold` of the sample is corrupt, with `strict` when any
-      record of the sample is corrupt (naming it), or when a record's stored size is not its
-      image's (naming it).
+      record of the sample is corrupt (naming it) or the listing found a broken link (naming
+      the first), or when a record's stored size is not its image's (naming it).
   """
+  unreadable = getattr(source, "unreadable", None)
+  if strict and unreadable:  # Known from the listing: no need to wait for the sample.
+    raise _bad_file_error(unreadable[0])
   ds = source_records(source, shuffle=sample_size is not None, seed=seed, strict=strict)
   if sample_size is not None:
     ds = ds.take(sample_size)
@@ -756,5 +764,14 @@ def _check_record(record: dict, strict: bool) -> list[str]:
   if ok:
     return []
   if strict:
-    raise UserError(f"corrupt image file {name} (--strict_data)")
+    raise _bad_file_error(name)
   return [name]
+
+
+def _bad_file_error(name: str) -> UserError:
+  """The --strict_data error for the record `name` that failed: "corrupt image file NAME
+  (--strict_data)", or, where NAME is a broken link, a sentence saying so and where it points."""
+  if os.path.islink(name) and not os.path.exists(name):
+    return UserError(f"an image could not be read (--strict_data): {name} is a broken link "
+                     f"(to {os.readlink(name)}); rerun without --strict_data to skip such files")
+  return UserError(f"corrupt image file {name} (--strict_data)")

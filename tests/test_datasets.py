@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -68,6 +69,18 @@ def test_folder_errors(image_folder, tmp_path):
     f.write("not an image")
   with pytest.raises(UserError, match="empty_class has no images"):
     datasets.load_source("folder", "train", root)
+  # A label folder that cannot be listed (no permission; tests run as root, so simulated).
+  real_scandir = os.scandir
+
+  def scandir(path):
+    if path.endswith("empty_class"):
+      raise PermissionError(13, "Permission denied", path)
+    return real_scandir(path)
+
+  with mock.patch.object(datasets.os, "scandir", scandir), pytest.raises(UserError) as e:
+    datasets.load_source("folder", "train", root)
+  assert str(e.value) == ("cannot list the label folder "
+                          f"{os.path.join(root, 'train', 'empty_class')}: Permission denied")
   empty = tmp_path / "empty" / "train"
   empty.mkdir(parents=True)
   with pytest.raises(UserError, match="empty"):

@@ -240,28 +240,66 @@ def test_strict_data_error_is_one_sentence(corrupt_folder, image_folder):
   assert ip.strict_data_error(e.value) is None
 
 
-def test_a_file_that_cannot_be_read_is_skipped_or_named(image_folder):
-  """A broken link (or a file deleted, or not readable) fails only its own record: skipped
-  without --strict_data, with it an error naming the file."""
-  root = image_folder(classes=("a", "b"), per_class=3, splits=("train",))
-  link = os.path.join(root, "train", "a", "gone.jpg")
-  os.symlink(os.path.join(root, "nowhere.jpg"), link)
-  src = datasets.load_source("folder", "train", root)
-  assert src.num_examples == 7
-  assert ip.check_source(src).num_checked == 6
-  train = ip.build_train_dataset(src, 2, seed=0, repeat=False, finish_in_step=True)
-  assert sum(int(labels.shape[0]) for _, labels in train) == 6
-  assert sum(int(labels.shape[0]) for _, labels in ip.build_eval_dataset(src, 4)) == 6
-  expected = (f"an image could not be read or decoded (--strict_data): {link}; No such file or "
-              "directory; rerun without --strict_data to skip such files")
-  with pytest.raises(UserError) as e:
-    ip.check_source(src, strict=True)
-  assert str(e.value) == expected
+def _assert_strict_pipelines_stop_with(src, expected: str) -> None:
+  """Strict training and evaluation pipelines over `src` raise what words as `expected`."""
   for ds in (ip.build_train_dataset(src, 2, strict=True, repeat=False),
              ip.build_eval_dataset(src, 4, strict=True)):
     with pytest.raises(ip.DATA_ERRORS) as e:
       list(ds)
     assert str(ip.strict_data_error(e.value)) == expected
+
+
+def test_a_broken_link_is_counted_or_named(image_folder, caplog):
+  """A broken link in a folder is found when the folder is listed: without --strict_data it
+  is skipped and counted like a corrupt file (the listing logs it once); with it, one sentence
+  names it and its target before anything is read."""
+  root = image_folder(classes=("a", "b"), per_class=3, splits=("train",))
+  link = os.path.join(root, "train", "a", "gone.jpg")
+  target = os.path.join(root, "nowhere.jpg")
+  os.symlink(target, link)
+  with caplog.at_level("WARNING", logger="alexnet_tf.datasets"):
+    src = datasets.load_source("folder", "train", root)
+  assert src.num_examples == 7 and src.unreadable == [link]
+  assert (f"1 image file(s) in {os.path.join(root, 'train')} cannot be read (broken links); "
+          f"they are skipped and counted as corrupt: {os.path.join('a', 'gone.jpg')}"
+          ) in caplog.text
+  check = ip.check_source(src)
+  assert (check.num_checked, check.corrupt_files) == (7, [link])
+  counter = ip.CorruptCounter()
+  train = ip.build_train_dataset(src, 2, seed=0, repeat=False, finish_in_step=True,
+                                 counter=counter)
+  assert sum(int(labels.shape[0]) for _, labels in train) == 6
+  assert (counter.total, counter.recent_files) == (1, [link])
+  eval_counter = ip.CorruptCounter()
+  assert sum(int(labels.shape[0])
+             for _, labels in ip.build_eval_dataset(src, 4, counter=eval_counter)) == 6
+  assert eval_counter.total == 1
+  expected = (f"an image could not be read (--strict_data): {link} is a broken link (to "
+              f"{target}); rerun without --strict_data to skip such files")
+  with pytest.raises(UserError) as e:
+    ip.check_source(src, strict=True, sample_size=1)  # Named even outside the sample.
+  assert str(e.value) == expected
+  _assert_strict_pipelines_stop_with(src, expected)
+
+
+def test_a_file_gone_after_the_listing_is_skipped_or_named(image_folder):
+  """A file deleted after the folder was listed (or not readable) fails only its own record:
+  skipped (TF logs it) without --strict_data, with it an error naming the file."""
+  root = image_folder(classes=("a", "b"), per_class=3, splits=("train",))
+  src = datasets.load_source("folder", "train", root)
+  gone = src.files[1]
+  os.remove(gone)
+  assert src.num_examples == 6 and not src.unreadable
+  assert ip.check_source(src).num_checked == 5
+  train = ip.build_train_dataset(src, 2, seed=0, repeat=False, finish_in_step=True)
+  assert sum(int(labels.shape[0]) for _, labels in train) == 4
+  assert sum(int(labels.shape[0]) for _, labels in ip.build_eval_dataset(src, 4)) == 5
+  expected = (f"an image could not be read or decoded (--strict_data): {gone}; No such file or "
+              "directory; rerun without --strict_data to skip such files")
+  with pytest.raises(UserError) as e:
+    ip.check_source(src, strict=True)
+  assert str(e.value) == expected
+  _assert_strict_pipelines_stop_with(src, expected)
 
 
 def test_a_damaged_tfrecord_shard_is_named(image_folder, tmp_path):

@@ -284,14 +284,21 @@ def test_ten_percent_corrupt_jpegs_are_skipped_and_counted(tmp_path):
   files = _split_files(root)
   _corrupt(files[3], "truncated")
   _corrupt(files[11], "garbage")
+  os.remove(files[15])  # A broken link counts too.
+  os.symlink(os.path.join(root, "moved", "x.jpg"), files[15])
   _corrupt(_split_files(root, "validation")[0], "garbage")  # In the one validation batch.
   model_dir = str(tmp_path / "run")
   proc = run(args_for(model_dir, root, "--epochs=1", "--steps_per_epoch=4"))
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert "corrupt skipped 2  val corrupt skipped 1" in proc.stdout, proc.stdout
+  assert "corrupt skipped 3  val corrupt skipped 1" in proc.stdout, proc.stdout
   record = json.loads(open(os.path.join(model_dir, "metrics.jsonl")).readline())
-  assert record["corrupt_images_skipped"] == 2 and record["val_corrupt_images_skipped"] == 1
+  assert record["corrupt_images_skipped"] == 3 and record["val_corrupt_images_skipped"] == 1
 
+  # Strict: the broken link, known from the listing, stops the run before training.
+  strict = run(args_for(str(tmp_path / "strict"), root, "--epochs=1", "--strict_data"))
+  assert strict.returncode != 0 and "Traceback" not in strict.stderr
+  assert f"{files[15]} is a broken link" in strict.stderr, strict.stderr
+  os.remove(files[15])
   strict = run(args_for(str(tmp_path / "strict"), root, "--epochs=1", "--strict_data"))
   assert strict.returncode != 0 and "Traceback" not in strict.stderr
   assert os.path.basename(files[3]) in strict.stderr or \
