@@ -17,7 +17,7 @@ from absl import flags
 
 from alexnet_tf import distribute, model_dir as model_dir_lib
 from alexnet_tf import flags as data_flags
-from alexnet_tf.errors import run_cli
+from alexnet_tf.errors import UserError, run_cli
 from alexnet_tf.optimization import ScheduleConfig
 
 FLAGS = flags.FLAGS
@@ -143,7 +143,6 @@ def config_from_flags() -> "training.TrainConfig":
 def _stats() -> dict | None:
   if not FLAGS.stats:
     if FLAGS.stats_mean != "auto":
-      from alexnet_tf.errors import UserError
       raise UserError(f"--stats_mean={FLAGS.stats_mean} needs --stats=FILE (without it the "
                       "model subtracts ImageNet's per-channel mean)")
     return None
@@ -157,7 +156,6 @@ def _export_dir() -> str | None:
 
 
 def _step_epochs(values: Sequence[str]) -> tuple:
-  from alexnet_tf.errors import UserError
   try:
     return tuple(int(v) for v in values)
   except ValueError:
@@ -166,7 +164,6 @@ def _step_epochs(values: Sequence[str]) -> tuple:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    from alexnet_tf.errors import UserError
     raise UserError(f"unexpected arguments {argv[1:]}; all options are --flags.")
   distribute.configure_cpu_replicas(FLAGS.cpu_replicas)  # Before TF touches any device.
   from alexnet_tf import training
