@@ -27,14 +27,14 @@ data_flags.define_dataset_flags(training=False)
 if "strict_data" not in FLAGS:
   flags.DEFINE_bool("strict_data", False, "Fail on a corrupt/truncated/non-image file, naming "
                     "it (default: skip it and report how many were skipped).")
-flags.DEFINE_string("model_dir", None, "A model directory written by train.py; its latest "
-                    "checkpoint is evaluated. Default runs/alexnet (train.py's default) when "
-                    "no --saved_model, --model or --ensemble is given.")
-flags.DEFINE_string("checkpoint", None, "With --model_dir: a checkpoint path prefix, e.g. "
-                    "runs/alexnet/checkpoints/ckpt-120 (default: the latest).")
-flags.DEFINE_string("saved_model", None, "A SavedModel export (python -m alexnet_tf.export), "
-                    "or its export base (the highest version is used).")
-flags.DEFINE_string("model", None, "A Keras model file (FILE.keras, saved with model.save()).")
+data_flags.define_path("model_dir", None, "A model directory written by train.py; its latest "
+                       "checkpoint is evaluated. Default runs/alexnet (train.py's default) when "
+                       "no --saved_model, --model or --ensemble is given.")
+data_flags.define_path("checkpoint", None, "With --model_dir: a checkpoint path prefix, e.g. "
+                       "runs/alexnet/checkpoints/ckpt-120 (default: the latest).")
+data_flags.define_path("saved_model", None, "A SavedModel export (python -m alexnet_tf.export), "
+                       "or its export base (the highest version is used).")
+data_flags.define_path("model", None, "A Keras model file (FILE.keras, saved with model.save()).")
 flags.DEFINE_list("ensemble", [], "Comma-separated model dirs, .keras files or SavedModel dirs "
                   "whose softmax outputs are averaged (the paper's 5-CNN ensemble).")
 flags.DEFINE_string("split", "validation", "Split to evaluate (train, validation; TFDS split "
@@ -47,11 +47,11 @@ flags.DEFINE_integer("batch_size", 32, "GLOBAL batch size (images per step over 
 flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_integer("cpu_replicas", 1, "With --strategy=mirrored and no GPU: split the CPU "
                      "into this many logical devices (one replica each).")
-flags.DEFINE_string("output_json", None, "Write the results and the options used as JSON "
-                    "(num_images, top1_accuracy, top5_accuracy, ... as fractions).")
-flags.DEFINE_string("per_class_csv", None, "Write per-class top-1 / top-5 accuracy as CSV.")
-flags.DEFINE_string("confusion_csv", None, "Write the confusion matrix (rows: true class, "
-                    "columns: predicted class) as CSV.")
+data_flags.define_path("output_json", None, "Write the results and the options used as JSON "
+                       "(num_images, top1_accuracy, top5_accuracy, ... as fractions).")
+data_flags.define_path("per_class_csv", None, "Write per-class top-1 / top-5 accuracy as CSV.")
+data_flags.define_path("confusion_csv", None, "Write the confusion matrix (rows: true class, "
+                       "columns: predicted class) as CSV.")
 
 
 def config_from_flags() -> "evaluation.EvalConfig":
@@ -59,7 +59,7 @@ def config_from_flags() -> "evaluation.EvalConfig":
   from alexnet_tf import evaluation
   return evaluation.EvalConfig(
       model_dir=FLAGS.model_dir, checkpoint=FLAGS.checkpoint, saved_model=FLAGS.saved_model,
-      keras_model=FLAGS.model, ensemble=tuple(FLAGS.ensemble),
+      keras_model=FLAGS.model, ensemble=tuple(data_flags.expand_path(p) for p in FLAGS.ensemble),
       # None = the dataset recorded in the model dir (the flag's default only as a fallback).
       dataset=FLAGS.dataset if FLAGS["dataset"].present else None,
       data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, split=FLAGS.split,

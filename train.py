@@ -23,8 +23,8 @@ from alexnet_tf.optimization import ScheduleConfig
 FLAGS = flags.FLAGS
 
 data_flags.define_dataset_flags()
-flags.DEFINE_string("model_dir", "runs/alexnet", "Checkpoints, logs (TensorBoard, metrics.jsonl) "
-                    "and config.json. Rerunning with the same dir resumes.")
+data_flags.define_path("model_dir", "runs/alexnet", "Checkpoints, logs (TensorBoard, "
+                       "metrics.jsonl) and config.json. Rerunning with the same dir resumes.")
 flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_integer("cpu_replicas", 1, "With --strategy=mirrored and no GPU: split the CPU "
                      "into this many logical devices (one replica each).")
@@ -65,8 +65,8 @@ flags.DEFINE_enum("mixed_precision", None, ["none", "bfloat16", "float16", "auto
                   "auto: bfloat16 where the hardware computes it natively (GPUs of compute "
                   "capability >= 8.0, CPUs with AVX512_BF16/AMX), else none. Default: the "
                   "dataset's preset.")
-flags.DEFINE_string("export_dir", None, "At the end, export a TF Serving SavedModel to "
-                    "EXPORT_DIR/<version> (default: MODEL_DIR/export).")
+data_flags.define_path("export_dir", None, "At the end, export a TF Serving SavedModel to "
+                       "EXPORT_DIR/<version> (default: MODEL_DIR/export).")
 flags.DEFINE_bool("export", True, "Export the SavedModel at the end (--noexport to skip).")
 flags.DEFINE_integer("checkpoint_steps", 500, "Checkpoint every this many steps (and every epoch).")
 flags.DEFINE_integer("keep_checkpoints", 5, "How many checkpoints to keep.")

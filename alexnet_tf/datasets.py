@@ -522,18 +522,18 @@ def load_folder(root: str, split: str) -> FileListSource:
     if name not in present:
       continue
     class_dir = os.path.join(split_dir, name)
-    entries, broken = _list_files(class_dir)
-    names = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
+    entries, broken, folders = _list_files(class_dir)
+    names = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS) and f not in folders]
     if not names:
       raise UserError(f"label folder {class_dir} has no images ("
                       + ", ".join("*" + e for e in IMAGE_EXTENSIONS) + ")")
     files.extend(os.path.join(class_dir, f) for f in names)
     labels.extend([label] * len(names))
     unreadable.extend(os.path.join(class_dir, f) for f in names if f in broken)
-    ignored.extend(os.path.join(name, f) for f in sorted(set(entries) - set(names)))
+    ignored.extend(os.path.join(name, f) + ("/" if f in folders else "")
+                   for f in sorted(set(entries) - set(names)))
   if ignored:  # A .tif, a .heic or a sub-folder is not read, and the user may not expect that.
-    shown = [p.rstrip("/") + "/" if tf.io.gfile.isdir(os.path.join(split_dir, p)) else p
-             for p in ignored[:3]]
+    shown = ignored[:3]
     _log.warning("Ignored %d file(s) in %s that are not images (%s; sub-folders are not read): "
                  "%s", len(ignored), split_dir, ", ".join("*" + e for e in IMAGE_EXTENSIONS),
                  ", ".join(shown) + (", ..." if len(ignored) > 3 else ""))
@@ -547,19 +547,23 @@ def load_folder(root: str, split: str) -> FileListSource:
                         files=files, labels=labels, unreadable=unreadable)
 
 
-def _list_files(folder: str) -> tuple[list[str], set[str]]:
-  """The sorted names in `folder` (hidden ones left out), and those of them that are broken
-  links. On a local disk the listing says which entries are links, so only links cost a
-  stat; elsewhere (gs://, ...) there are no links and nothing is checked."""
+def _list_files(folder: str) -> tuple[list[str], set[str], set[str]]:
+  """The sorted names in `folder` (hidden ones left out), those of them that are broken
+  links, and those that are folders. On a local disk the listing says which entries are
+  links and folders, so only links cost a stat; elsewhere (gs://, ...) there are no links,
+  and gfile marks folders with a trailing '/'."""
   if "://" in folder:
-    return sorted(f for f in tf.io.gfile.listdir(folder) if not f.startswith(".")), set()
+    names = [f for f in tf.io.gfile.listdir(folder) if not f.startswith(".")]
+    return (sorted(f.rstrip("/") for f in names), set(),
+            {f.rstrip("/") for f in names if f.endswith("/")})
   try:
     with os.scandir(folder) as entries:
       entries = [e for e in entries if not e.name.startswith(".")]
   except OSError as e:  # No permission, say.
     raise UserError(f"cannot list the label folder {folder}: {e.strerror}") from None
   broken = {e.name for e in entries if e.is_symlink() and not os.path.exists(e.path)}
-  return sorted(e.name for e in entries), broken
+  folders = {e.name for e in entries if e.is_dir()}
+  return sorted(e.name for e in entries), broken, folders
 
 
 def _tfrecord_files(data_dir: str, split: str) -> list[str]:
@@ -603,6 +607,25 @@ def _read_labels_file(directory: str) -> list[str] | None:
   if not names or any(not n for n in names):
     raise UserError(f"{path} must list one class name per line (line i = label i)")
   return names
+
+
+def _labels_file_or_metadata_names(from_file: list[str] | None, from_metadata: list | None,
+                                   directory: str) -> list[str] | None:
+  """The class names of TFRecords with both a labels.txt and make_tfrecords' metadata.json:
+  the metadata's exact names (labels.txt lines are read stripped), unless the two disagree,
+  which would label the records wrongly whichever one is right."""
+  if not from_metadata:
+    return from_file
+  names = [str(n) for n in from_metadata]
+  if from_file is None or from_file == [n.strip() for n in names]:
+    return names
+  k = next((i for i, (a, b) in enumerate(zip(from_file, names)) if a != b.strip()),
+           min(len(from_file), len(names)))
+  def shown(names_: list[str]) -> str:
+    return repr(names_[k]) if k < len(names_) else f"no line (it has {len(names_)})"
+  raise UserError(f"{directory}/{LABELS_FILE} and {directory}/{METADATA_FILE} disagree on the "
+                  f"name of class {k}: {shown(from_file)} against {shown(names)}; fix or "
+                  f"remove {LABELS_FILE}")
 
 
 def _read_metadata(directory: str) -> dict | None:
@@ -711,8 +734,7 @@ def load_tfrecord(data_dir: str, split: str) -> TFRecordSource:
       counts = [int(per_file[os.path.basename(f)]) for f in files]
     if num_classes is None and meta.get("num_classes"):
       num_classes = int(meta["num_classes"])
-    if class_names is None and meta.get("class_names"):
-      class_names = list(meta["class_names"])
+    class_names = _labels_file_or_metadata_names(class_names, meta.get("class_names"), directory)
   if counts is None or num_classes is None:
     scanned, lo, hi = _scan_labels_cached(files, compression)
     counts = counts or scanned
@@ -862,10 +884,16 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise UserError(f"unknown --dataset={name}: use shapes, folder, tfrecord or a TFDS dataset "
-                    "name (see tfds.list_builders())") from None
+    own = name.lower() if name.lower() in ("shapes", "folder", "tfrecord") else None
+    raise UserError(f"unknown --dataset={name}: "
+                    + (f"did you mean --dataset={own}?" if own else
+                       "use shapes, folder, tfrecord or a TFDS dataset name (see "
+                       "tfds.list_builders())")) from None
   except (AssertionError, ValueError) as e:  # A version or config TFDS does not have.
     raise UserError(f"--dataset={name}: {_tfds_name_error(name, e)}") from None
+  # The features are known before the data is: a dataset that is not image classification
+  # is refused before a download.
+  image_key, label_key = _image_and_label_keys(name, builder.info)
   if not _is_prepared(builder):
     _check_not_a_dataset_folder(builder, data_dir)
     try:
@@ -873,16 +901,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
     except UserError as e:
       raise UserError(f"{e}{_other_versions_hint(builder)}") from None
   info = builder.info
-  keys = info.supervised_keys
-  if not keys or len(keys) != 2 or not isinstance(keys[0], str):
-    image_key, label_key = "image", "label"
-  else:
-    image_key, label_key = keys
   features = info.features
-  if image_key not in features or label_key not in features:
-    raise UserError(f"TFDS dataset {name} is not an image classification dataset "
-                    f"(no {image_key!r}/{label_key!r} features)")
-  _check_tfds_features(name, features[image_key], image_key, features[label_key], label_key)
   tfds_split = _tfds_split_name(info, split)
   label_feature = features[label_key]
   num_classes = int(label_feature.num_classes)
@@ -897,6 +916,22 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   return TFDSSource(name=name, split=split, num_examples=num_examples,
                     num_classes=num_classes, class_names=class_names, builder=builder,
                     tfds_split=tfds_split, image_key=image_key, label_key=label_key)
+
+
+def _image_and_label_keys(name: str, info) -> tuple[str, str]:
+  """The image and label feature names (the supervised keys, else "image" and "label");
+  UserError unless they are an image and a ClassLabel."""
+  keys = info.supervised_keys
+  if not keys or len(keys) != 2 or not isinstance(keys[0], str):
+    image_key, label_key = "image", "label"
+  else:
+    image_key, label_key = keys
+  features = info.features
+  if image_key not in features or label_key not in features:
+    raise UserError(f"TFDS dataset {name} is not an image classification dataset "
+                    f"(no {image_key!r}/{label_key!r} features)")
+  _check_tfds_features(name, features[image_key], image_key, features[label_key], label_key)
+  return image_key, label_key
 
 
 def _tfds_name_error(name: str, error: Exception) -> str:

@@ -496,6 +496,9 @@ def _model_specs(config: EvalConfig) -> list[tuple[str, str | None, str | None]]
     paths = [p.strip() for p in config.ensemble if p.strip()]
     if not paths:
       raise UserError("--ensemble needs comma-separated model dirs, .keras files or SavedModels.")
+    missing = [p for p in paths if "://" not in p and not os.path.exists(p)]
+    if missing:
+      raise UserError(f"--ensemble member {missing[0]!r} does not exist.")
     return [(p, None, None) for p in paths]
   return [(config.model_dir or DEFAULT_MODEL_DIR, "model_dir", config.checkpoint)]
 

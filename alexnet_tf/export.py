@@ -526,18 +526,19 @@ def export_keras_file(path: str, export_base: str, *, version: int | None = None
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("model_dir", None, "A model directory written by train.py.")
-  flags.DEFINE_string("model", None, "A .keras file saved with model.save() (instead of "
-                                     "--model_dir).")
-  flags.DEFINE_string("export_dir", None, "Base directory TF Serving watches; the model is "
-                                          "written to EXPORT_DIR/<version>.")
+  from alexnet_tf import flags as data_flags  # pylint: disable=g-import-not-at-top
+  data_flags.define_path("model_dir", None, "A model directory written by train.py.")
+  data_flags.define_path("model", None, "A .keras file saved with model.save() (instead of "
+                                        "--model_dir).")
+  data_flags.define_path("export_dir", None, "Base directory TF Serving watches; the model is "
+                                             "written to EXPORT_DIR/<version>.")
   flags.DEFINE_integer("version", None, "Version number; default one more than the highest "
                                         "in --export_dir.")
   flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "k of the top_k_* outputs.")
-  flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (with --model_dir); default "
-                                          "the latest.")
-  flags.DEFINE_string("labels", None, "Text file of class names, one a line; overrides the "
-                                      "model dir's.")
+  data_flags.define_path("checkpoint", None, "Checkpoint path prefix (with --model_dir); default "
+                                             "the latest.")
+  data_flags.define_path("labels", None, "Text file of class names, one a line; overrides the "
+                                         "model dir's.")
   flags.DEFINE_bool("ten_crop", True, "Also add the serving_ten_crop signature.")
 
 

@@ -28,6 +28,31 @@ _DATASET_HELP = ("Dataset: 'shapes' (built-in, generated on first use), 'folder'
                  "GLOB of tf.train.Example shards), or any TFDS name, e.g. imagenet2012.")
 
 
+def expand_path(path: str) -> str:
+  """`~` and `~user` expanded, as a shell does for a bare word but not inside `--flag=~/x`;
+  URLs (gs://...) as given."""
+  return path if "://" in path else os.path.expanduser(path)
+
+
+class _PathParser(flags.ArgumentParser):
+  """A string flag holding a path (`expand_path` applied)."""
+
+  syntactic_help = "a path"
+
+  def parse(self, argument: str) -> str:
+    return expand_path(str(argument))
+
+  def flag_type(self) -> str:
+    return "string"
+
+
+def define_path(name: str, default: str | None, help_text: str) -> flags.FlagHolder:
+  """`flags.DEFINE_string` for a file or folder path: `--model_dir=~/runs/a` means what it
+  would mean to the shell."""
+  return flags.DEFINE(_PathParser(), name, default, help_text, flags.FLAGS,
+                      flags.ArgumentSerializer())
+
+
 def define_dataset_flags(training: bool = True) -> None:
   """Defines --dataset, --data_dir, --manual_dir and, with `training`, --strict_data, --stats,
   --stats_mean."""
@@ -35,23 +60,23 @@ def define_dataset_flags(training: bool = True) -> None:
   if "dataset" not in fv:
     flags.DEFINE_string("dataset", "shapes", _DATASET_HELP)
   if "data_dir" not in fv:
-    flags.DEFINE_string("data_dir", None, "Data location: ROOT of a folder dataset, TFRecord "
-                        "directory or glob ({split} is replaced by the split), TFDS data dir, "
-                        "or the shapes cache dir (default $ALEXNET_TF_CACHE/shapes or "
-                        "~/.cache/alexnet_tf/shapes).")
+    define_path("data_dir", None, "Data location: ROOT of a folder dataset, TFRecord "
+                "directory or glob ({split} is replaced by the split), TFDS data dir, "
+                "or the shapes cache dir (default $ALEXNET_TF_CACHE/shapes or "
+                "~/.cache/alexnet_tf/shapes).")
   if "manual_dir" not in fv:
-    flags.DEFINE_string("manual_dir", None, "TFDS manual download dir (imagenet2012: put "
-                        "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar there). Default "
-                        "DATA_DIR/downloads/manual.")
+    define_path("manual_dir", None, "TFDS manual download dir (imagenet2012: put "
+                "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar there). Default "
+                "DATA_DIR/downloads/manual.")
   if not training:
     return
   if "strict_data" not in fv:
     flags.DEFINE_bool("strict_data", False, "Fail on a corrupt/truncated/non-image file, naming "
                       "it (default: skip it and count it in the epoch log).")
   if "stats" not in fv:
-    flags.DEFINE_string("stats", None, "JSON written by `python -m alexnet_tf.tools.dataset_stats`"
-                        ": the mean to subtract and the RGB eigen-pairs (PCA lighting). Default: "
-                        "ImageNet's values.")
+    define_path("stats", None, "JSON written by `python -m alexnet_tf.tools.dataset_stats`"
+                ": the mean to subtract and the RGB eigen-pairs (PCA lighting). Default: "
+                "ImageNet's values.")
   if "stats_mean" not in fv:
     flags.DEFINE_enum("stats_mean", "auto", STATS_MEANS, "The mean of --stats that the model "
                       "subtracts: 'image', its per-pixel mean image (the paper's; written by "

@@ -143,6 +143,7 @@ class CorruptCounter:
     self._lock = threading.Lock()
     self._total = 0
     self._since_pop = 0
+    self._named_since_pop: set[str] = set()
     self._recent: collections.deque[str] = collections.deque(maxlen=keep_files)
     self._read: dict[int, int] = {}
 
@@ -157,8 +158,10 @@ class CorruptCounter:
       filename = filename.decode("utf-8", "replace")
     with self._lock:
       self._total += 1
-      self._since_pop += 1
+      if filename not in self._named_since_pop:  # Counted once between pops.
+        self._since_pop += 1
       if filename:
+        self._named_since_pop.add(filename)
         self._recent.append(filename)
       if position > self._read.get(pipeline, 0):
         self._read[pipeline] = int(position)
@@ -183,14 +186,19 @@ class CorruptCounter:
       return list(self._recent)
 
   def pop(self) -> int:
-    """Records skipped since the previous `pop` (e.g. in the epoch that just ended)."""
+    """Records skipped since the previous `pop` (e.g. in the epoch that just ended), each
+    named record once: a training epoch is (listed records // batch) steps of a repeated
+    stream, so with skipped records it reads a few records of the next pass, and the
+    pipeline reads ahead of the step."""
     with self._lock:
       n, self._since_pop = self._since_pop, 0
+      self._named_since_pop.clear()
       return n
 
   def reset(self) -> None:
     with self._lock:
       self._total = self._since_pop = 0
+      self._named_since_pop.clear()
       self._recent.clear()
       self._read.clear()
 
@@ -261,13 +269,49 @@ def _is_decodable_webp(image_bytes: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
   return tf.logical_and(tf.logical_and(is_webp, complete), tf.logical_not(animated))
 
 
+def _little_endian(head_bytes: tf.Tensor, start: int, size: int) -> tf.Tensor:
+  return tf.reduce_sum(head_bytes[..., start:start + size]
+                       * [1 << (8 * i) for i in range(size)], axis=-1)
+
+
+def _is_decodable_bmp(image_bytes: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+  """Whether images are BMPs that TF 2.21 decodes to the right colours: 24- or 32-bit, or
+  8-bit with the identity grey palette (TF takes 8-bit pixels for grey levels whatever the
+  palette says, and refuses 1-, 4- and 16-bit ones). The headers are read only for a group
+  that has a BMP."""
+  is_bmp = tf.logical_and(tf.strings.substr(image_bytes, 0, 2) == b"BM", n > 54)
+
+  def decodable():
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 54),
+                                              b"\0" * 54]), 0, 54)
+    head_bytes = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    header_size = _little_endian(head_bytes, 14, 4)
+    bits = _little_endian(head_bytes, 28, 2)
+    colours = _little_endian(head_bytes, 46, 4)
+    colours = tf.where(tf.logical_or(colours == 0, colours > 256), tf.constant(256, tf.int64),
+                       colours)
+    # The palette (up to 256 entries of B, G, R, 0) follows the info header.
+    start = tf.cast(tf.minimum(14 + header_size, tf.cast(n, tf.int64)), tf.int32)
+    palette = tf.strings.substr(image_bytes, start, tf.fill(tf.shape(start), 1024))
+    palette = tf.strings.substr(tf.strings.join([palette, b"\0" * 1024]), 0, 1024)
+    entries = tf.reshape(tf.cast(tf.io.decode_raw(palette, tf.uint8), tf.int64),
+                         tf.concat([tf.shape(n), [256, 4]], 0))[..., :3]
+    index = tf.range(256, dtype=tf.int64)[:, tf.newaxis]
+    unused = index >= colours[..., tf.newaxis, tf.newaxis]
+    grey = tf.reduce_all(tf.logical_or(entries == index, unused), axis=[-2, -1])
+    return tf.logical_and(is_bmp, tf.logical_or(tf.logical_or(bits == 24, bits == 32),
+                                                tf.logical_and(bits == 8, grey)))
+
+  return tf.cond(tf.reduce_any(is_bmp), decodable, lambda: is_bmp)
+
+
 def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
   """Cheap validity check of encoded images (tf.bool of the input's shape), without decoding.
 
   True for a JPEG ending with its EOI marker, a PNG ending with IEND, a GIF ending with ';',
-  a BMP larger than its headers or a WebP as long as its RIFF header says and not animated.
-  Catches empty, non-image and truncated files. Works on one image (a scalar) or on a vector of
-  them at the cost of one.
+  a BMP of a kind TF decodes right (`_is_decodable_bmp`) or a WebP as long as its RIFF header
+  says and not animated. Catches empty, non-image and truncated files. Works on one image (a
+  scalar) or on a vector of them at the cost of one.
   """
   n = tf.strings.length(image_bytes)
   head8 = tf.strings.substr(image_bytes, 0, 8)
@@ -275,7 +319,7 @@ def is_valid_image(image_bytes: tf.Tensor) -> tf.Tensor:
   is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
   is_png = head8 == b"\x89PNG\r\n\x1a\n"
   is_gif = tf.logical_or(head6 == b"GIF87a", head6 == b"GIF89a")
-  is_bmp = tf.logical_and(tf.strings.substr(image_bytes, 0, 2) == b"BM", n > 54)
+  is_bmp = _is_decodable_bmp(image_bytes, n)
   return tf.logical_or(
       tf.logical_or(
           tf.logical_and(is_jpeg, _tail_contains(image_bytes, n, b"\xff\xd9")),

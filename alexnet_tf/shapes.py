@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 
@@ -95,11 +96,14 @@ def generate(root: str | None = None, num_train: int = DEFAULT_NUM_TRAIN,
                     f"(got num_train={num_train}, num_validation={num_validation})")
   if is_complete(root, num_train, num_validation, seed):
     return root
-  if os.path.isdir(root):
-    extra = set(os.listdir(root)) - {"train", "validation", MARKER}
-    if extra:
-      raise UserError(f"shapes data_dir {root} holds other files ({sorted(extra)[:3]}); "
-                      "point --data_dir at an empty or new folder")
+  # Only this function's own files are ever replaced (a cache of other parameters, or a
+  # half-written one): anything else, such as a train/ and validation/ of the user's own
+  # images, is the user's data.
+  foreign = _foreign_files(root)
+  if foreign:
+    raise UserError(f"--data_dir={root} holds files that are not the built-in shapes dataset's "
+                    f"(e.g. {', '.join(foreign)}); for your own images pass --dataset=folder "
+                    "(or tfrecord), for shapes an empty or new folder")
   try:
     _write(root, num_train, num_validation, seed)
   except OSError as e:  # A read-only or full disk, a file where a folder should be.
@@ -107,6 +111,27 @@ def generate(root: str | None = None, num_train: int = DEFAULT_NUM_TRAIN,
                     f"({e.filename or root}); pass --data_dir (or set ${CACHE_ENV}) to a "
                     "writable folder") from None
   return root
+
+
+def _foreign_files(root: str, limit: int = 2) -> list[str]:
+  """Up to `limit` paths under ROOT (relative) that `generate` would not have written."""
+  foreign = []
+  for top, folders, files in os.walk(root):
+    rel = os.path.relpath(top, root)
+    depth = 0 if rel == "." else rel.count(os.sep) + 1
+    if depth == 0:
+      expected_folders, expected_file = {"train", "validation"}, lambda f: f == MARKER
+    elif depth == 1:
+      expected_folders, expected_file = set(CLASS_NAMES), lambda f: False
+    else:
+      split = rel.split(os.sep)[0]
+      expected_folders, expected_file = set(), re.compile(rf"{split}_\d{{6}}\.jpg").fullmatch
+    foreign += [os.path.join(rel, f) for f in sorted(folders) if f not in expected_folders]
+    foreign += [os.path.join(rel, f) for f in sorted(files) if not expected_file(f)]
+    folders[:] = [f for f in folders if f in expected_folders]
+    if len(foreign) >= limit:
+      break
+  return [os.path.normpath(f) for f in foreign[:limit]]
 
 
 def _write(root: str, num_train: int, num_validation: int, seed: int) -> None:

@@ -27,7 +27,7 @@ import signal
 import tempfile
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -197,6 +197,32 @@ def check_compatible(existing: dict, new: dict, model_dir: str,
       "--stats_mean), or use a new --model_dir.")
 
 
+def check_same_classes(existing: Sequence[str] | None, new: Sequence[str] | None,
+                       config: TrainConfig) -> None:
+  """A model dir resumes only on data with the same class names in the same order (where both
+  are known): its fc8 rows are those classes, and config.json would otherwise rename them."""
+  if not existing or not new or list(existing) == list(new):
+    return
+  k = next((i for i, (a, b) in enumerate(zip(existing, new)) if a != b), None)
+  where = (f"class {k} is {existing[k]!r} there and {new[k]!r} here" if k is not None else
+           f"{len(existing)} classes there, {len(new)} here")
+  raise UserError(f"--model_dir {config.model_dir!r} holds a model trained on other classes "
+                  f"than {_data_flags(config)} has ({where}); use a new --model_dir or the "
+                  "data it was trained on.")
+
+
+def _data_flags(config: TrainConfig) -> str:
+  return f"--dataset={config.dataset}" + (f" --data_dir={config.data_dir}"
+                                          if config.data_dir else "")
+
+
+def _absolute(path: str | None) -> str | None:
+  """A local path made absolute, for config.json: evaluate.py may run from another folder."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
 def _same_mean_image(model_dir: str, mean_image: np.ndarray) -> bool:
   """Whether the model dir's mean image is `mean_image` (true if it has none yet: a first run
   that stopped before writing it)."""
@@ -312,6 +338,16 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
   corrupt.reset()  # Its fraction is of this run's records.
   val_corrupt = input_pipeline.corrupt_counter("eval")
   val_corrupt.reset()
+  if train_source.num_classes < 2:
+    names = f" ({', '.join(train_source.class_names)})" if train_source.class_names else ""
+    raise UserError(f"{_data_flags(config)}: the {config.train_split} split has "
+                    f"{train_source.num_classes} class{names}; a classifier needs at least 2 "
+                    "(is --data_dir one folder too deep?)")
+  # Before the model dir is written: a run refused here leaves nothing behind.
+  steps_per_epoch = train_source.num_examples // config.batch_size
+  if steps_per_epoch < 1:
+    raise UserError(f"--batch_size {config.batch_size} is larger than the {config.train_split} "
+                    f"split ({train_source.num_examples} images).")
   model_config = dict(config.model, classes=train_source.num_classes)
   model_config["mean"], mean_image = _mean_to_subtract(config, model_config)
   _prepare_model_dir(config, model_config, train_source, chief, mean_image)
@@ -319,10 +355,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
     log(f"Subtracting the per-pixel mean image {config.stats['mean_image']} "
         f"({mean_image.shape[0]}x{mean_image.shape[1]}; its central crop at the model's input).")
 
-  steps_per_epoch = train_source.num_examples // config.batch_size
-  if steps_per_epoch < 1:
-    raise UserError(f"--batch_size {config.batch_size} is larger than the {config.train_split} "
-                    f"split ({train_source.num_examples} images).")
   if config.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
   total_steps = steps_per_epoch * config.epochs
@@ -403,7 +435,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
     return strategy.distribute_datasets_from_function(dataset_fn)
 
   start_epoch = int(state.epoch.numpy())
-  step = int(state.global_step.numpy())
+  step = start_step = int(state.global_step.numpy())
   with _Preemption() as preemption:
     for epoch in range(start_epoch, config.epochs):
       if step >= total_steps:
@@ -506,6 +538,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
       break  # Step cap reached inside the epoch.
     if step > 0 and manager.last_saved_step != step:
       manager.save(step)  # The step cap ended the run mid-epoch.
+  epochs_done = int(state.epoch.numpy())
+  if config.max_steps and epochs_done < config.epochs and step >= config.max_steps:
+    log(f"Stopped at step {step} (--max_steps={config.max_steps}), {epochs_done} of "
+        f"{config.epochs} epochs done; rerun with a larger --max_steps to go on.")
+  elif restored and step == start_step and epochs_done == start_epoch:
+    log(f"Nothing left to train: {config.model_dir} has finished its {epochs_done} epochs "
+        f"(--epochs={config.epochs}).")
 
   writer.close()
   export_path = None
@@ -705,6 +744,7 @@ def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: b
   if os.path.isfile(model_dir_lib.config_path(config.model_dir)):
     existing = model_dir_lib.read_config(config.model_dir)
     check_compatible(existing["model"], model_config, config.model_dir, mean_image)
+    check_same_classes(existing.get("class_names"), source.class_names, config)
   if not chief:
     return
   try:
@@ -715,7 +755,7 @@ def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: b
                   lambda f: np.save(f, mean_image), binary=True)
     model_dir_lib.write_config(config.model_dir, dict(
         model=model_config, class_names=source.class_names,
-        dataset=dict(name=config.dataset, data_dir=config.data_dir,
+        dataset=dict(name=config.dataset, data_dir=_absolute(config.data_dir),
                      train_split=config.train_split, validation_split=config.validation_split),
         preprocessing=dict(resize_shorter_side=256, central_crop=256,
                            image_size=model_config["image_size"], mean=model_config["mean"]),

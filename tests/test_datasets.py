@@ -590,7 +590,7 @@ def test_shapes_generate(tmp_path, shapes_root):
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "mine.txt").write_text("x")
-  with pytest.raises(UserError, match="other files"):
+  with pytest.raises(UserError, match="holds files that are not the built-in shapes dataset's"):
     shapes.generate(str(foreign), 60, 24)
 
 
@@ -615,3 +615,61 @@ def test_in_memory_source_errors():
   src = datasets.in_memory_source([encode_image(smooth_image(np.random.default_rng(0), 9, 9))],
                                   [3])
   assert src.num_classes == 4
+
+
+def test_shapes_never_replaces_a_users_folder(tmp_path, image_folder):
+  """--dataset=shapes is the default, so `train.py --data_dir=mydata` without --dataset=folder
+  pointed shapes at the user's own train/ and validation/, which it deleted and regenerated."""
+  root = image_folder(classes=("cat", "dog"), per_class=1)
+  before = sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, files in os.walk(root) for f in files)
+  with pytest.raises(UserError, match=re.escape(
+      f"--data_dir={root} holds files that are not the built-in shapes dataset's (e.g. "
+      f"{os.path.join('train', 'cat')}, {os.path.join('train', 'dog')}); for your own images "
+      "pass --dataset=folder")):
+    datasets.load_source("shapes", "train", root)
+  assert sorted(os.path.relpath(os.path.join(d, f), root)
+                for d, _, files in os.walk(root) for f in files) == before
+
+
+def test_a_folder_named_like_an_image_is_not_an_image(image_folder):
+  """A sub-folder `x.jpg` was listed as an image: counted in the split, skipped as corrupt,
+  and a traceback ("Is a directory") with --strict_data."""
+  root = image_folder(classes=("cat", "dog"), per_class=2)
+  os.makedirs(os.path.join(root, "train", "cat", "more.jpg"))
+  with mock.patch.object(datasets._log, "warning") as warning:
+    src = datasets.load_source("folder", "train", root)
+  assert src.num_examples == 4 and not any(f.endswith("more.jpg") for f in src.files)
+  assert warning.call_args[0][-1] == os.path.join("cat", "more.jpg") + "/"
+  assert input_pipeline.check_source(src, strict=True).num_corrupt == 0
+
+
+def test_tfds_features_are_checked_before_a_download(tmp_path):
+  """glue has no image: it was downloaded and prepared (minutes, or retries offline) before
+  being refused."""
+  with mock.patch.object(datasets, "_prepare", side_effect=AssertionError("prepared")), \
+      pytest.raises(UserError, match="TFDS dataset glue is not an image classification dataset"):
+    datasets.load_source("glue", "train", str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["Folder", "TFRecord", "SHAPES"])
+def test_a_builtin_dataset_in_other_case_is_suggested(name, tmp_path):
+  with pytest.raises(UserError, match=re.escape(
+      f"unknown --dataset={name}: did you mean --dataset={name.lower()}?")):
+    datasets.load_source(name, "train", str(tmp_path))
+
+
+def test_labels_txt_and_metadata_json_must_agree(image_folder, tmp_path):
+  """labels.txt is read line by line, stripped; make_tfrecords' metadata.json keeps the exact
+  names, so it gives them, and a labels.txt that names other classes is refused."""
+  from alexnet_tf.tools import make_tfrecords
+  root = image_folder(classes=(" lead", "trail ", "z"), per_class=1)
+  out = str(tmp_path / "rec")
+  make_tfrecords.convert(root, out, log=lambda _: None)
+  assert datasets.load_source("tfrecord", "train", out).class_names == [" lead", "trail ", "z"]
+  with open(os.path.join(out, "labels.txt"), "w") as f:
+    f.write("lead\nz\ntrail\n")
+  with pytest.raises(UserError, match=re.escape(
+      f"{out}/labels.txt and {out}/metadata.json disagree on the name of class 1: 'z' against "
+      "'trail '; fix or remove labels.txt")):
+    datasets.load_source("tfrecord", "train", out)

@@ -497,7 +497,7 @@ def test_strict_data_names_the_corrupt_file(setup, tmp_path):
     (dict(keras_model="KERAS", batch_size=0), "--batch_size must be positive"),
     (dict(keras_model="WORK/nope.keras"), "does not exist"),
     (dict(saved_model="WORK/nope"), "does not exist"),
-    (dict(ensemble=("KERAS", "WORK/nope")), "does not exist"),
+    (dict(ensemble=("KERAS", "WORK/nope")), "--ensemble member 'WORK/nope' does not exist."),
     (dict(keras_model="KERAS", split="nope"), "no folder for split 'nope'"),
     (dict(keras_model="KERAS", output_json="WORK/missing/out.json"), "does not exist"),
     (dict(keras_model="KERAS", per_class_csv="/dev/null/x.csv"),
@@ -514,7 +514,7 @@ def test_in_process_user_errors(setup, overrides, message):
     return value
   kwargs = dict(dataset="folder", data_dir=setup["data"])
   kwargs.update({k: fill(v) for k, v in overrides.items()})
-  with pytest.raises(UserError, match=re.escape(message)):
+  with pytest.raises(UserError, match=re.escape(fill(message))):
     evaluation.evaluate(evaluation.EvalConfig(**kwargs), log=lambda _: None)
 
 

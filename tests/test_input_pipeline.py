@@ -191,6 +191,48 @@ def test_corrupt_fraction_is_of_the_records_read():
   assert counter.records_read == 0 and counter.total == 0
 
 
+def test_an_epochs_count_names_each_skipped_record_once():
+  """A training epoch is (listed records // batch) steps of a repeated stream: with skipped
+  records it reads into the next pass, and the pipeline reads ahead, so a corrupt file was
+  counted two or three times in one epoch's "corrupt skipped" (21 for 9 files)."""
+  counter = ip.CorruptCounter()
+  for name in ("a.jpg", "b.jpg", "a.jpg", "", "", "a.jpg"):  # "": a record without a name.
+    counter.record(name)
+  assert counter.pop() == 4 and counter.total == 6
+  counter.record("a.jpg")  # The next epoch counts it again.
+  assert counter.pop() == 1
+
+
+def _bmp(image: Image.Image) -> bytes:
+  buf = io.BytesIO()
+  image.save(buf, "BMP")
+  return buf.getvalue()
+
+
+def test_bmps_tf_decodes_wrong_or_not_at_all_are_corrupt():
+  """TF takes an 8-bit BMP's pixels for grey levels whatever its palette says (a red image
+  came out grey) and refuses 1-bit ones (skipped uncounted); 24-, 32-bit and grey 8-bit BMPs
+  decode right."""
+  rgb = np.zeros((12, 16, 3), np.uint8)
+  rgb[:6] = (200, 50, 100)
+  grey = np.tile(np.arange(16, dtype=np.uint8) * 15, (12, 1))
+  blobs = {"palette": _bmp(Image.fromarray(rgb).convert("P")),
+           "16 colours": _bmp(Image.fromarray(rgb).quantize(16)),
+           "1-bit": _bmp(Image.fromarray(grey).convert("1")),
+           "grey": _bmp(Image.fromarray(grey)), "rgb": _bmp(Image.fromarray(rgb)),
+           "rgba": _bmp(Image.fromarray(rgb).convert("RGBA"))}
+  valid = dict(zip(blobs, ip.is_valid_image(tf.constant(list(blobs.values()))).numpy()))
+  assert valid == {"palette": False, "16 colours": False, "1-bit": False, "grey": True,
+                   "rgb": True, "rgba": True}
+  for name in ("grey", "rgb", "rgba"):
+    reference = np.asarray(Image.open(io.BytesIO(blobs[name])).convert("RGB"))
+    np.testing.assert_array_equal(pp.decode_rgb(blobs[name]).numpy(), reference)
+  # A group without a BMP skips the header reads; one BMP among JPEGs is checked alone.
+  jpeg = encode_image(rgb)
+  assert ip.is_valid_image(tf.constant([jpeg, blobs["palette"], jpeg])).numpy().tolist() == [
+      True, False, True]
+
+
 def test_validity_check_of_a_vector_is_the_check_of_each_image(corrupt_folder):
   blobs = [r["image"] for r in datasets.load_source("folder", "train", corrupt_folder).records()]
   one_by_one = [bool(ip.is_valid_image(b)) for b in blobs]

@@ -21,8 +21,8 @@ from conftest import encode_image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _run(*args, home=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **({"HOME": str(home)} if home else {}))
   return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
                         env=env, timeout=240)
 
@@ -81,6 +81,41 @@ def test_make_tfrecords_cli(image_folder, tmp_path):
                         f"created: '{tmp_path / 'file'}' is not a directory.")]:
     bad = _run("alexnet_tf.tools.make_tfrecords", root, str(dst))
     assert bad.returncode == 1 and f"error: {message}" in bad.stderr, bad.stderr
+  # A folder that cannot be created even by root (checks that trust os.access pass there).
+  bad = _run("alexnet_tf.tools.make_tfrecords", root, "/proc/alexnet_tf_out")
+  assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+  assert "error: " in bad.stderr and "/proc/alexnet_tf_out" in bad.stderr, bad.stderr
+  # '~' quoted, or inside --flag=~/x, reaches the program unexpanded: it means HOME all the same
+  # (it wrote a folder named '~' in the current one).
+  home = tmp_path / "home"
+  home.mkdir()
+  out = _run("alexnet_tf.tools.make_tfrecords", root, "~/rec", home=home)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert os.path.isfile(home / "rec" / "metadata.json") and not os.path.exists(
+      os.path.join(REPO, "~"))
+
+
+def test_make_tfrecords_skips_what_training_would_skip(image_folder, tmp_path):
+  """A palette BMP decoded to grey was baked into the shards; the skipped list came out in
+  shuffled order; a class name with a line break broke labels.txt."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  root = image_folder(classes=("a", "b"), per_class=2, splits=("train",))
+  for name in ("z.bmp", "m.bmp"):
+    Image.fromarray(np.full((20, 30, 3), (200, 50, 100), np.uint8)).convert("P").save(
+        os.path.join(root, "train", "b", name))
+  (tmp_path / "x.jpg").write_bytes(b"not an image")
+  os.symlink(tmp_path / "x.jpg", os.path.join(root, "train", "a", "y.jpg"))
+  meta = make_tfrecords.convert(root, str(tmp_path / "out"), log=lambda _: None)
+  assert meta["skipped"]["train"] == [os.path.join("train", "a", "y.jpg"),
+                                      os.path.join("train", "b", "m.bmp"),
+                                      os.path.join("train", "b", "z.bmp")]
+  assert meta["splits"]["train"]["num_examples"] == 4
+  os.makedirs(os.path.join(root, "train", "new\nline"))
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.path.join(root, "train", "new\nline",
+                                                                   "0.jpg"))
+  with pytest.raises(UserError, match=re.escape(
+      "the class folder 'new\\nline' in " + root + " has a line break in its name")):
+    make_tfrecords.convert(root, str(tmp_path / "out2"), log=lambda _: None)
 
 
 class _FailingWriter(tf.io.TFRecordWriter):

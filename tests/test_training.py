@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -337,10 +338,11 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
     (["--model_dir=runs/lr[0.01]"], "--model_dir runs/lr[0.01] ("),
     (["--export_dir=exports[2]"], "--export_dir exports[2] ("),
     (["--stats_mean=image"], "--stats_mean=image needs --stats=FILE"),
+    (["--batch_size=64"], "--batch_size 64 is larger than the train split (8 images)."),
 ])
 def test_bad_flags_fail_with_one_line(args, message, tmp_path, tiny_data):
   base = [TRAIN_PY, f"--model_dir={tmp_path / 'run'}", "--dataset=folder",
-          f"--data_dir={tiny_data}", "--max_steps=1"]
+          f"--data_dir={tiny_data}", "--max_steps=1", "--batch_size=8"]
   proc = run(base + args, check=False, timeout=120)
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr
@@ -354,6 +356,38 @@ def test_incompatible_model_dir_is_refused(tmp_path, tiny_data):
   proc = run(train_args(model_dir, tiny_data, "--max_steps=2", "--towers=1"), check=False)
   assert proc.returncode == 1
   assert "towers=2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_model_dir_records_its_data_and_resumes_only_on_its_classes(tmp_path, tiny_data):
+  """config.json kept a relative --data_dir (evaluate.py elsewhere read another folder or
+  none); `--model_dir=~/run` wrote a folder named '~'; a resume on other classes of the same
+  count was accepted and renamed the model's classes; a --max_steps stop said nothing; one
+  class trained to a meaningless 100%."""
+  home = tmp_path / "home"
+  home.mkdir()
+  shutil.copytree(tiny_data, tmp_path / "data")
+  proc = run(train_args("~/run", "data", "--epochs=2", "--max_steps=1", "--validation_steps=1"),
+             env={"HOME": str(home)}, cwd=str(tmp_path))
+  assert "Stopped at step 1 (--max_steps=1), 1 of 2 epochs done; rerun with a larger " \
+         "--max_steps to go on." in proc.stdout, proc.stdout
+  with open(home / "run" / "config.json") as f:
+    assert json.load(f)["dataset"]["data_dir"] == str(tmp_path / "data")
+  for split in ("train", "validation"):
+    os.rename(tmp_path / "data" / split / "star", tmp_path / "data" / split / "start")
+  proc = run(train_args(home / "run", tmp_path / "data", "--max_steps=2"), check=False)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert (f"error: --model_dir '{home / 'run'}' holds a model trained on other classes than "
+          f"--dataset=folder --data_dir={tmp_path / 'data'} has (class 4 is 'star' there and "
+          "'start' here); use a new --model_dir") in proc.stderr, proc.stderr
+  for split in ("train", "validation"):
+    for name in os.listdir(tmp_path / "data" / split):
+      if name != "circle":
+        shutil.rmtree(tmp_path / "data" / split / name)
+  proc = run(train_args(tmp_path / "one", tmp_path / "data", "--batch_size=1"), check=False)
+  assert proc.returncode == 1 and (
+      f"error: --dataset=folder --data_dir={tmp_path / 'data'}: the train split has 1 class "
+      "(circle); a classifier needs at least 2") in proc.stderr, proc.stderr
+  assert not os.path.exists(tmp_path / "one")
 
 
 def test_stats_mean_image_is_subtracted_and_a_resume_keeps_the_mean(tmp_path, tiny_data):

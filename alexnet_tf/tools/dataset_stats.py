@@ -43,10 +43,10 @@ def define_flags() -> None:
   """Defines the tool's flags (only when run as a program, so importing it defines nothing)."""
   data_flags.define_dataset_flags(training=False)
   flags.DEFINE_string("split", "train", "Split to measure (the paper: the training set).")
-  flags.DEFINE_string("output", None, "Where to write the JSON statistics.")
-  flags.DEFINE_string("mean_image", None, "Also write the per-pixel mean image (float32 "
-                      "[256, 256, 3], 0..255) to this .npy file; train.py --stats then subtracts it, "
-                      "as the paper did.")
+  data_flags.define_path("output", None, "Where to write the JSON statistics.")
+  data_flags.define_path("mean_image", None, "Also write the per-pixel mean image (float32 "
+                         "[256, 256, 3], 0..255) to this .npy file; train.py --stats then "
+                         "subtracts it, as the paper did.")
   flags.DEFINE_integer("max_images", None, "Use only the first N images (quick estimates).")
 
 

@@ -18,16 +18,17 @@ from typing import Sequence
 
 from absl import flags
 
+from alexnet_tf import flags as data_flags
 from alexnet_tf.errors import UserError, run_cli
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("onnx", None, "The ONNX bvlc_alexnet file (e.g. the ONNX model zoo's "
-                    "bvlcalexnet-12.onnx).")
-flags.DEFINE_string("output", None, "Where to write: FILE.keras (full model, preferred) or "
-                    "FILE.weights.h5 (weights; build with the kwargs in FILE.weights.h5.json).")
-flags.DEFINE_string("classes", None, "Optional text file of class names, one per line in "
-                    "fc8's order (e.g. Caffe's synset_words.txt); stored in OUTPUT.json.")
+data_flags.define_path("onnx", None, "The ONNX bvlc_alexnet file (e.g. the ONNX model zoo's "
+                       "bvlcalexnet-12.onnx).")
+data_flags.define_path("output", None, "Where to write: FILE.keras (full model, preferred) or "
+                       "FILE.weights.h5 (weights; build with the kwargs in FILE.weights.h5.json).")
+data_flags.define_path("classes", None, "Optional text file of class names, one per line in "
+                       "fc8's order (e.g. Caffe's synset_words.txt); stored in OUTPUT.json.")
 flags.DEFINE_list("mean", None, "The RGB mean (0..255) the model subtracts, as R,G,B. "
                   "Default: the graph's own mean subtraction if it has one, else Caffe's "
                   "BGR 104,117,123 as RGB 123,117,104.")

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 from absl import flags
 
 from alexnet_tf.errors import UserError, check_writable_dir, log_line, run_cli
+from alexnet_tf.flags import expand_path
 
 FLAGS = flags.FLAGS
 
@@ -64,11 +65,14 @@ def _int_feature(value: int):
 
 def _resize_fn(size: int, quality: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alexnet_tf import preprocessing  # pylint: disable=g-import-not-at-top
+  from alexnet_tf import input_pipeline, preprocessing  # pylint: disable=g-import-not-at-top
 
   def fn(index, path):
     data = tf.io.read_file(path)
-    image = preprocessing.decode_rgb(data)
+    # What training would skip is skipped here too (a palette BMP that TF decodes to grey).
+    with tf.control_dependencies([tf.debugging.Assert(input_pipeline.is_valid_image(data),
+                                                      ["not a readable image:", path])]):
+      image = preprocessing.decode_rgb(data)
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
     scale = tf.minimum(1.0, float(size) / tf.cast(tf.minimum(h, w), tf.float32))
@@ -93,6 +97,7 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_tf import datasets  # pylint: disable=g-import-not-at-top
 
+  src, dst = expand_path(src), expand_path(dst)
   if size < 1 or not 1 <= quality <= 100 or num_shards < 0:
     raise UserError("--size must be >= 1, --quality in 1..100, --num_shards >= 0")
   if not tf.io.gfile.isdir(os.path.expanduser(src)):
@@ -114,7 +119,14 @@ def convert(src: str, dst: str, num_shards: int = 0, size: int = 256, quality: i
   if not splits:
     raise UserError(f"{src} has no train or validation folder (expected SRC/<split>/<label>/*.jpg)")
   class_names = next(iter(splits.values())).class_names
-  tf.io.gfile.makedirs(dst)
+  broken = [name for name in class_names if "\n" in name or "\r" in name]
+  if broken:
+    raise UserError(f"the class folder {broken[0]!r} in {src} has a line break in its name, "
+                    f"which {datasets.LABELS_FILE} (one name a line) cannot hold; rename it")
+  try:
+    tf.io.gfile.makedirs(dst)
+  except tf.errors.OpError as e:
+    raise UserError(f"cannot create DST={dst}: {datasets.op_error_reason(e)}") from None
   for stale in _partial_files(dst):
     tf.io.gfile.remove(stale)  # Left by an interrupted run.
   metadata = {"format": "alexnet_tf.tfrecord.v1", "size": size, "class_names": class_names,
@@ -193,7 +205,7 @@ def _write_split(split: str, source, src: str, dst: str, class_names: list[str],
       counts[shard] += 1
       if len(done) % PROGRESS_EVERY == 0:
         log(f"{split}: {len(done)} of {len(files)} images converted")
-  skipped = [os.path.relpath(files[k], src) for k in range(len(files)) if k not in done]
+  skipped = sorted(os.path.relpath(files[k], src) for k in range(len(files)) if k not in done)
   for skip in skipped:
     log(f"skipped corrupt or unreadable image: {skip}")
   metadata["splits"][split] = {"num_examples": sum(counts), "num_shards": shards}
