@@ -250,28 +250,42 @@ def _tail_contains(image_bytes: tf.Tensor, n: tf.Tensor, marker: bytes) -> tf.Te
   return tf.reshape(found, tf.shape(n))
 
 
-def _is_decodable_webp(image_bytes: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
-  """Whether images are WebPs as long as their RIFF header says and not animated (TF 2.21
-  cannot decode an animated WebP to RGB: "WebP Animation must be 4 channel RGBA")."""
-  # The first 21 bytes, zero-padded so that every string decodes to 21 bytes.
-  head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 21), b"\0" * 21]),
-                           0, 21)
-  is_webp = tf.logical_and(tf.strings.substr(head, 0, 4) == b"RIFF",
-                           tf.strings.substr(head, 8, 4) == b"WEBP")
-  head_bytes = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
-  # The little-endian RIFF size: the file's length - 8. "WEBP", then a chunk: its 8-byte header
-  # and at least one byte.
-  size = tf.reduce_sum(head_bytes[..., 4:8] * [1, 1 << 8, 1 << 16, 1 << 24], axis=-1)
-  complete = tf.logical_and(size > 12, tf.cast(n, tf.int64) >= size + 8)
-  # An extended header (VP8X) with its animation flag.
-  animated = tf.logical_and(tf.strings.substr(head, 12, 4) == b"VP8X",
-                            tf.bitwise.bitwise_and(head_bytes[..., 20], 2) > 0)
-  return tf.logical_and(tf.logical_and(is_webp, complete), tf.logical_not(animated))
+def _zero_padded(image_bytes: tf.Tensor, size: int, start: Any = 0) -> tf.Tensor:
+  """The `size` bytes of each image from `start` (an int, or an int64 per image; at most the
+  image's length), zero-padded where the image ends first: strings of equal length, which
+  `tf.strings.substr` can index and `_byte_values` decode."""
+  length: Any = size
+  if not isinstance(start, int):
+    start, length = tf.cast(start, tf.int32), tf.fill(tf.shape(start), size)
+  part = tf.strings.substr(image_bytes, start, length)
+  return tf.strings.substr(tf.strings.join([part, b"\0" * size]), 0, size)
+
+
+def _byte_values(strings: tf.Tensor) -> tf.Tensor:
+  """Equal-length strings as int64 byte values, [..., length]."""
+  return tf.cast(tf.io.decode_raw(strings, tf.uint8), tf.int64)
 
 
 def _little_endian(head_bytes: tf.Tensor, start: int, size: int) -> tf.Tensor:
   return tf.reduce_sum(head_bytes[..., start:start + size]
                        * [1 << (8 * i) for i in range(size)], axis=-1)
+
+
+def _is_decodable_webp(image_bytes: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+  """Whether images are WebPs as long as their RIFF header says and not animated (TF 2.21
+  cannot decode an animated WebP to RGB: "WebP Animation must be 4 channel RGBA")."""
+  head = _zero_padded(image_bytes, 21)
+  is_webp = tf.logical_and(tf.strings.substr(head, 0, 4) == b"RIFF",
+                           tf.strings.substr(head, 8, 4) == b"WEBP")
+  head_bytes = _byte_values(head)
+  # The RIFF size: the file's length - 8. "WEBP", then a chunk: its 8-byte header and at
+  # least one byte.
+  size = _little_endian(head_bytes, 4, 4)
+  complete = tf.logical_and(size > 12, tf.cast(n, tf.int64) >= size + 8)
+  # An extended header (VP8X) with its animation flag.
+  animated = tf.logical_and(tf.strings.substr(head, 12, 4) == b"VP8X",
+                            tf.bitwise.bitwise_and(head_bytes[..., 20], 2) > 0)
+  return tf.logical_and(tf.logical_and(is_webp, complete), tf.logical_not(animated))
 
 
 def _is_decodable_bmp(image_bytes: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
@@ -282,19 +296,14 @@ def _is_decodable_bmp(image_bytes: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
   is_bmp = tf.logical_and(tf.strings.substr(image_bytes, 0, 2) == b"BM", n > 54)
 
   def decodable():
-    head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 54),
-                                              b"\0" * 54]), 0, 54)
-    head_bytes = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
-    header_size = _little_endian(head_bytes, 14, 4)
-    bits = _little_endian(head_bytes, 28, 2)
-    colours = _little_endian(head_bytes, 46, 4)
+    head = _byte_values(_zero_padded(image_bytes, 54))
+    bits = _little_endian(head, 28, 2)
+    colours = _little_endian(head, 46, 4)
     colours = tf.where(tf.logical_or(colours == 0, colours > 256), tf.constant(256, tf.int64),
                        colours)
     # The palette (up to 256 entries of B, G, R, 0) follows the info header.
-    start = tf.cast(tf.minimum(14 + header_size, tf.cast(n, tf.int64)), tf.int32)
-    palette = tf.strings.substr(image_bytes, start, tf.fill(tf.shape(start), 1024))
-    palette = tf.strings.substr(tf.strings.join([palette, b"\0" * 1024]), 0, 1024)
-    entries = tf.reshape(tf.cast(tf.io.decode_raw(palette, tf.uint8), tf.int64),
+    start = tf.minimum(14 + _little_endian(head, 14, 4), tf.cast(n, tf.int64))
+    entries = tf.reshape(_byte_values(_zero_padded(image_bytes, 1024, start)),
                          tf.concat([tf.shape(n), [256, 4]], 0))[..., :3]
     index = tf.range(256, dtype=tf.int64)[:, tf.newaxis]
     unused = index >= colours[..., tf.newaxis, tf.newaxis]
