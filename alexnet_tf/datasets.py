@@ -365,6 +365,26 @@ def op_error_reason(error: tf.errors.OpError) -> str:
   return " ".join(re.sub(r"\{\{.*?\}\}|\[Op:.*", "", line).split()) or type(error).__name__
 
 
+_COMPRESSIONS = {"": "uncompressed", "GZIP": "GZIP", "ZLIB": "ZLIB"}
+
+
+def damaged_file_error(path: str, compression: str, reason: str) -> UserError:
+  """The one-sentence error for TFRecord file `path`, which does not read to its end with the
+  split's `compression`: a file of another compression (one split's files share the first
+  file's), or a truncated or corrupted file."""
+  for other in _COMPRESSIONS:
+    if other != compression:
+      try:
+        if list(tf.data.TFRecordDataset(path, other).take(1)):
+          return UserError(f"TFRecord file {path} is {_COMPRESSIONS[other]}, but the split's "
+                           f"first file is {_COMPRESSIONS[compression]}: write all files of a "
+                           "split with one compression")
+      except tf.errors.OpError:
+        pass
+  return UserError(f"TFRecord file {path} is damaged ({reason}); write it again (e.g. with "
+                   "python -m alexnet_tf.tools.make_tfrecords) or remove it")
+
+
 def _first_record(files: Sequence[str]) -> tuple[str, bytes | None, str]:
   """(file, its first record, compression) of the first file of `files` that has a record
   (None where none has), and the compression ("", "GZIP", "ZLIB") it reads with."""
@@ -654,6 +674,8 @@ def _scan_labels(files: list[str], compression: str = "") -> tuple[list[int], in
     except PARSE_ERRORS as e:  # A label of another type or length, not an Example.
       raise malformed_record_error(*(first_malformed_record([path], compression)
                                      or (path, parse_error_reason(e)))) from None
+    except tf.errors.DataLossError as e:
+      raise damaged_file_error(path, compression, op_error_reason(e)) from None
     except tf.errors.OpError as e:
       raise UserError(f"cannot read TFRecord file {path}: {op_error_reason(e)}") from None
     counts.append(int(n))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
+import tempfile
 from typing import Callable, Sequence
 
 
@@ -22,27 +23,59 @@ def check_writable_dir(name: str, path: str) -> None:
 
   For outputs, checked before the work: a bad path should not cost a run. `name` is how the
   user gave it ("--model_dir", "DST"). A URL (gs://...) is left to TF's file systems.
+  Also creates and removes an empty folder in the nearest existing one: os.access only reads
+  permission bits, which do not stop root, while some file systems (/sys, /proc, a read-only
+  mount) refuse every new entry, root's too.
   """
-  if "://" in path:
-    return
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"{name} {path!r} exists and is not a directory.")
-  parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-  while parent and not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise UserError(f"{name} {path!r} cannot be created: {parent!r} is not a directory.")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise UserError(f"{name} {path!r} is not writable.")
+  _check_writable(name, path, path)
 
 
 def check_writable_file(name: str, path: str) -> None:
-  """UserError unless a file can be written at `path`, in its folder or one created for it."""
+  """UserError unless a file can be written at `path`, in its folder or one created for it
+  (tried, as in `check_writable_dir`)."""
   if "://" in path:
     return
   if os.path.isdir(path):
     raise UserError(f"{name} {path!r} is a directory; give a file name.")
-  check_writable_dir(name, os.path.dirname(os.path.abspath(path)))
+  _check_writable(name, os.path.dirname(os.path.abspath(path)), path)
+
+
+def _check_writable(name: str, folder: str, target: str) -> None:
+  """`check_writable_dir` of `folder`, for the output `target` (the folder, or a file in it)."""
+  if "://" in folder:
+    return
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise UserError(f"{name} {folder!r} exists and is not a directory.")
+  parent = folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder))
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"{name} {folder!r} cannot be created: {parent!r} is not a directory.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"{name} {target!r} is not writable.")
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".tmp-write-check-", dir=parent))
+  except OSError as e:
+    where = "" if os.path.abspath(parent) == os.path.abspath(target) else f" (in {parent!r})"
+    raise UserError(f"{name} {target!r} cannot be written{where}: "
+                    f"{e.strerror or type(e).__name__}.") from e
+
+
+def read_text_file(name: str, path: str) -> str:
+  """The contents of a UTF-8 text file the user named with `name` ("--labels"), or UserError.
+
+  A file that is not UTF-8 (a Latin-1 synset list, a JPEG given by mistake) is named in one
+  sentence instead of a UnicodeDecodeError traceback.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except OSError as e:
+    raise UserError(f"{name} {path!r} cannot be read: {e.strerror or type(e).__name__}.") from e
+  except UnicodeDecodeError as e:
+    raise UserError(f"{name} {path!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                    f"offset {e.start}); it must be a UTF-8 text file of class names, one a "
+                    "line.") from e
 
 
 def check_tf_can_read_back(name: str, path: str) -> None:

@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf.errors import UserError, check_tf_can_read_back, log_line
+from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_file, log_line
+from alexnet_tf.files import write_whole
 
 TOP_K = 5
 DEFAULT_MODEL_DIR = "runs/alexnet"  # train.py's default --model_dir.
@@ -115,6 +116,12 @@ def model_num_classes(model: Any) -> int:
   return int(classes)
 
 
+def top_k(num_classes: int) -> int:
+  """The k of top-k accuracy: 5, or one less than the number of classes where that is fewer
+  (top-k over all the classes would always be 1.0)."""
+  return max(1, min(TOP_K, num_classes - 1))
+
+
 def evaluate_model(models: keras.Model | Sequence[Any],
                    dataset: tf.distribute.DistributedDataset | tf.data.Dataset,
                    strategy: tf.distribute.Strategy | None = None,
@@ -129,7 +136,7 @@ def evaluate_model(models: keras.Model | Sequence[Any],
     dataset: (images, labels) batches; images [b, h, w, 3] (centre crop) or
       [b, 10, h, w, 3] (10-crop, averaged). Distributed when `strategy` is given.
     strategy: the strategy the dataset is distributed with (None: no strategy).
-    num_classes: classes of the model; top-k uses k = min(5, num_classes).
+    num_classes: classes of the model; top-k uses k = `top_k(num_classes)`.
     collect_predictions: also return per-image `labels`, `predictions` (top-1 class) and
       `topk_hits` (bool) as numpy arrays, for per-class accuracy and confusion matrices.
     progress: called with the number of images counted so far after each batch.
@@ -149,7 +156,7 @@ def evaluate_model(models: keras.Model | Sequence[Any],
   strategy = strategy or tf.distribute.get_strategy()
   if num_classes is None:
     num_classes = model_num_classes(models[0])
-  k = min(TOP_K, num_classes)
+  k = top_k(num_classes)
   collect = collect_predictions or collect_probabilities
 
   distributed_step = _distributed_step(models, strategy, k, collect, _images_rank(dataset))
@@ -391,9 +398,9 @@ def load_model(path: str, kind: str | None = None, checkpoint: str | None = None
     raise UserError("--checkpoint goes with --model_dir, not with a .keras file or SavedModel.")
   if kind == "model_dir":
     from alexnet_tf import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
-    model, config = model_dir_lib.restore_model(path, checkpoint)
-    if checkpoint is None:
-      checkpoint = model_dir_lib.latest_checkpoint(path)
+    # The checkpoint loaded, not a second look at the newest: training may save a newer one
+    # meanwhile, and the results would name it.
+    model, config, checkpoint = model_dir_lib.restore_checkpoint(path, checkpoint)
     return LoadedModel(model=model, kind=kind, path=path,
                        image_size=int(config["model"].get("image_size", 227)),
                        num_classes=model_num_classes(model),
@@ -485,6 +492,9 @@ def _model_specs(config: EvalConfig) -> list[tuple[str, str | None, str | None]]
                     f"{' and '.join(given)}.")
   if config.checkpoint and given and given[0] != "--model_dir":
     raise UserError(f"--checkpoint goes with --model_dir, not with {given[0]}.")
+  if config.checkpoint and not given:
+    raise UserError("--checkpoint needs --model_dir, the training directory whose config.json "
+                    "describes the checkpoint's model.")
   if config.saved_model:
     return [(config.saved_model, "saved_model", None)]
   if config.keras_model:
@@ -591,11 +601,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = log_line) -> dict:
   specs = _model_specs(config)
   if config.batch_size is None or config.batch_size < 1:
     raise UserError(f"--batch_size must be positive; got {config.batch_size}.")
-  for path, name in ((config.output_json, "--output_json"),
-                     (config.per_class_csv, "--per_class_csv"),
-                     (config.confusion_csv, "--confusion_csv")):
-    if path:
-      _check_writable(path, name)
+  if not config.split:
+    raise UserError("--split must name a split, e.g. --split=validation.")
+  _check_outputs(config)
   strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   input_pipeline.per_replica_batch_size(config.batch_size, replicas)  # UserError early.
@@ -638,8 +646,8 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = log_line) -> dict:
   result["top1_error"] = 1.0 - result["top1_accuracy"]
   result["top5_error"] = 1.0 - result["top5_accuracy"]
   if k < TOP_K:
-    result["top5_note"] = (f"top-5 is reported as top-{k}: the dataset has only {k} classes "
-                           "(top-5 would always be 1.0)")
+    result["top5_note"] = (f"top-5 is reported as top-{k}: the model has only "
+                           f"{loaded[0].num_classes} classes (top-5 would always be 1.0)")
   result["num_examples"] = source.num_examples
   result["corrupt_images_skipped"] = skipped
   result["options"] = dict(
@@ -677,14 +685,52 @@ class _Progress:
       self.last = now
 
 
-def _check_writable(path: str, flag: str) -> None:
-  parent = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(parent):
-    if os.path.exists(parent):
+# What begins each output file evaluate.py writes: an existing file that does not is someone
+# else's (a config.json, an image), and is not overwritten.
+_OUTPUT_STARTS = {"--output_json": "{", "--per_class_csv": "class,name,images,",
+                  "--confusion_csv": "true \\ predicted,"}
+
+
+def _check_outputs(config: EvalConfig) -> None:
+  """UserError, before any work, for an output file that cannot be written, that would replace
+  a file evaluate.py did not write, or that two flags name."""
+  outputs = [(flag, path) for flag, path in (("--output_json", config.output_json),
+                                             ("--per_class_csv", config.per_class_csv),
+                                             ("--confusion_csv", config.confusion_csv)) if path]
+  seen: dict[str, str] = {}
+  for flag, path in outputs:
+    full = os.path.realpath(path)
+    if full in seen:
+      raise UserError(f"{seen[full]} and {flag} name the same file {path}; give each its own.")
+    seen[full] = flag
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
       raise UserError(f"{flag}={path}: {parent} is not a folder.")
-    raise UserError(f"{flag}={path}: the folder {parent} does not exist.")
-  if os.path.isdir(path):
-    raise UserError(f"{flag}={path} is a folder; give a file name.")
+    if not os.path.isdir(parent):
+      raise UserError(f"{flag}={path}: the folder {parent} does not exist.")
+    check_writable_file(flag, path)
+    if os.path.isfile(path) and not _written_by_evaluate(path, flag):
+      raise UserError(f"{flag}={path} already exists and is not an evaluate.py output; choose "
+                      "another file name or remove it first.")
+
+
+def _written_by_evaluate(path: str, flag: str) -> bool:
+  """Whether the file at `path` is empty or starts the way evaluate.py's `flag` output does."""
+  try:
+    with open(path, "rb") as f:
+      start = f.read(len(_OUTPUT_STARTS[flag]) + 3)
+  except OSError:
+    return False
+  if not start:
+    return True
+  if flag == "--output_json":
+    try:
+      with open(path, encoding="utf-8") as f:
+        previous = json.load(f)
+    except (OSError, ValueError):
+      return False
+    return isinstance(previous, dict) and {"top1_accuracy", "options"} <= set(previous)
+  return start.decode("utf-8", "replace").lstrip("\ufeff").startswith(_OUTPUT_STARTS[flag])
 
 
 # ----------------------------------------------------------------------------- reports
@@ -715,7 +761,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 def write_per_class_csv(path: str, rows: Sequence[dict], k: int) -> None:
   """class,name,images,top1_correct,top1_accuracy,top{k}_correct,top{k}_accuracy."""
-  with open(path, "w", newline="", encoding="utf-8") as f:
+  def write(f):
     writer = csv.writer(f)
     writer.writerow(["class", "name", "images", "top1_correct", "top1_accuracy",
                      f"top{k}_correct", f"top{k}_accuracy"])
@@ -723,16 +769,18 @@ def write_per_class_csv(path: str, rows: Sequence[dict], k: int) -> None:
       writer.writerow([r["class"], r["name"], r["images"], r["top1_correct"],
                        _fmt_csv(r["top1_accuracy"]), r["topk_correct"],
                        _fmt_csv(r["topk_accuracy"])])
+  write_whole(path, write)
 
 
 def write_confusion_csv(path: str, counts: Sequence[Sequence[int]],
                         class_names: Sequence[str]) -> None:
   """Rows: true class; columns: predicted class; the first row and column are class names."""
-  with open(path, "w", newline="", encoding="utf-8") as f:
+  def write(f):
     writer = csv.writer(f)
     writer.writerow(["true \\ predicted", *class_names])
     for name, row in zip(class_names, counts):
       writer.writerow([name, *[int(v) for v in row]])
+  write_whole(path, write)
 
 
 def _fmt_csv(value: float) -> str:
@@ -754,9 +802,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json(path: str, result: dict) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(_json_safe(result), f, indent=2, sort_keys=True)
-    f.write("\n")
+  write_whole(path, lambda f: f.write(json.dumps(_json_safe(result), indent=2, sort_keys=True)
+                                      + "\n"))
 
 
 def format_table(result: dict) -> str:

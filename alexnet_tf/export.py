@@ -14,9 +14,12 @@ SIGKILL leaves a `.tmp-export-*` directory behind, which servers ignore.
 Signatures (each output is a batch of the same size as the input):
 
   serving_default   image_bytes: string [None], encoded JPEG/PNG (also GIF/BMP/WebP; gray and
-                    RGBA converted to RGB). In the graph: decode, shorter side to 256, the
-                    central 256x256 patch, the central image_size crop (the paper's test
-                    preprocessing, `alexnet_tf.preprocessing`); the model subtracts the mean.
+                    RGBA converted to RGB). In the graph: evaluate.py's preprocessing,
+                    `alexnet_tf.preprocessing.preprocess_for_eval`: the central min(H, W)
+                    square (only that window of a JPEG is decoded) resized to 256x256 (the
+                    paper's shorter side to 256 and central 256x256 patch, up to resampling),
+                    then the central image_size crop; the model subtracts the mean. The same
+                    bytes give the same crop here and in evaluate.py.
   serving_images    images: float32 [None, S, S, 3], RGB 0..255, already cropped to the
                     model's input size S (227 or 224).
   serving_ten_crop  image_bytes as serving_default; the softmax averaged over the paper's ten
@@ -25,6 +28,7 @@ Signatures (each output is a batch of the same size as the input):
   outputs           probabilities float32 [None, classes], top_k_classes int32 [None, k],
                     top_k_scores float32 [None, k], top_k_labels string [None, k] (only when
                     class names are known; read from assets/labels.txt by a lookup table).
+                    An empty batch gives empty outputs ([0, classes], [0, k]).
 
 Bytes that are not an image, or an empty string, fail that call with InvalidArgumentError
 (TF Serving answers INVALID_ARGUMENT); the loaded model keeps working. The graph has no
@@ -35,22 +39,29 @@ Command line:
 
   python -m alexnet_tf.export (--model_dir=DIR | --model=FILE.keras) --export_dir=BASE \
       [--version=N] [--top_k=5] [--checkpoint=PATH] [--labels=FILE] [--[no]ten_crop]
+
+With --model=FILE.keras, the class names (and the model's settings, for preprocessing.json) come
+from FILE.keras.json when `alexnet_tf.tools.import_weights` wrote one; --labels overrides the
+names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 import keras
 
 from alexnet_tf import layers, preprocessing
-from alexnet_tf.errors import UserError, check_tf_can_read_back
+from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_dir, read_text_file
 from alexnet_tf.model import SUPPORTED_IMAGE_SIZES
+from alexnet_tf.onnx_import import SIDECAR_FORMAT, sidecar_path
 
 DEFAULT_TOP_K = 5
 SIGNATURE_BYTES = "serving_default"
@@ -92,24 +103,23 @@ def next_version(export_base: str) -> int:
 def decode_and_center_crop(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
   """One encoded image -> float32 [image_size, image_size, 3] RGB in 0..255 (not mean-subtracted).
 
-  The paper's test preprocessing: decode to RGB, shorter side to 256, the central 256x256 patch,
-  then its central image_size crop (`alexnet_tf.preprocessing.decode_rgb`, `fixed_resolution`,
-  `center_crop`). Empty or non-image bytes raise InvalidArgumentError when run.
+  Exactly evaluate.py's centre crop (`alexnet_tf.preprocessing.preprocess_for_eval`), so a
+  served answer is the evaluated one: the central min(H, W) square (only that window of a JPEG
+  is decoded) resized to 256x256, then its central image_size crop. Resizing only the square
+  also bounds the memory: resizing a whole 1x20000 image's shorter side to 256 would make a
+  256x5,120,000 image (16 GB). Empty or non-image bytes raise InvalidArgumentError when run.
 
   Args:
     image_bytes: scalar tf.string.
     image_size: the model's input side (227 or 224).
   """
-  image = preprocessing.decode_rgb(_checked_bytes(image_bytes))
-  image = preprocessing.fixed_resolution(image, preprocessing.FIXED_SIZE)
-  return preprocessing.center_crop(image, image_size)
+  return preprocessing.preprocess_for_eval(_checked_bytes(image_bytes), image_size, num_crops=1)
 
 
 def decode_and_ten_crop(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
-  """One encoded image -> float32 [10, image_size, image_size, 3]: the paper's ten test crops."""
-  image = preprocessing.decode_rgb(_checked_bytes(image_bytes))
-  image = preprocessing.fixed_resolution(image, preprocessing.FIXED_SIZE)
-  return preprocessing.ten_crop(image, image_size)
+  """One encoded image -> float32 [10, image_size, image_size, 3]: the paper's ten test crops,
+  as evaluate.py --ten_crop takes them (`preprocess_for_eval(..., num_crops=10)`)."""
+  return preprocessing.preprocess_for_eval(_checked_bytes(image_bytes), image_size, num_crops=10)
 
 
 def _checked_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -134,9 +144,15 @@ class _ServingFunctions:
     self.apply_softmax = apply_softmax
 
   def _probabilities(self, images: tf.Tensor) -> tf.Tensor:
-    outputs = self.model(images, training=False)  # Dropout off.
-    outputs = tf.cast(outputs, tf.float32)
-    return tf.nn.softmax(outputs, axis=-1) if self.apply_softmax else outputs
+    def _run() -> tf.Tensor:
+      outputs = self.model(images, training=False)  # Dropout off.
+      outputs = tf.cast(outputs, tf.float32)
+      return tf.nn.softmax(outputs, axis=-1) if self.apply_softmax else outputs
+
+    # The grouped convolutions fail on an empty batch ("input depth must be evenly divisible
+    # by filter depth: 3 vs 48"); an empty request gets empty outputs instead.
+    return tf.cond(tf.shape(images)[0] > 0, _run,
+                   lambda: tf.zeros([0, self.classes], tf.float32))
 
   def _outputs(self, probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
     scores, classes = tf.math.top_k(probabilities, k=self.top_k)
@@ -231,6 +247,8 @@ def _check_target(export_base: str, version: int | None, top_k: int) -> None:
     raise UserError("--export_dir must not be empty.")
   if os.path.exists(export_base) and not os.path.isdir(export_base):
     raise UserError(f"--export_dir {export_base!r} is a file; it must be a directory.")
+  # Before the model is loaded: a folder that cannot be written should not cost a load.
+  check_writable_dir("--export_dir", export_base)
   check_tf_can_read_back("--export_dir", export_base)
   if version is not None and os.path.exists(os.path.join(export_base, str(version))):
     raise UserError(f"version {version} already exists in --export_dir {export_base!r}; pass "
@@ -266,9 +284,13 @@ def xla_must_compile_functions(export_dir: str) -> list[str]:
 
 
 def _write_file(path: str, content: str | bytes) -> None:
-  mode = "wb" if isinstance(content, bytes) else "w"
-  with open(path, mode) as f:
-    f.write(content)
+  if isinstance(content, bytes):
+    with open(path, "wb") as f:
+      f.write(content)
+  else:
+    # UTF-8 whatever the locale: the label table and read_labels_file read it as UTF-8.
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(content)
 
 
 def _write_extra_assets(assets_dir: str, extra_assets: Mapping[str, Any]) -> None:
@@ -333,7 +355,33 @@ def _write_archive(model: keras.Model, path: str, staging: str, *, image_size: i
                                      name=IMAGES_INPUT)])
   if ten_crop:
     archive.add_endpoint(SIGNATURE_TEN_CROP, functions.serve_ten_crop, input_signature=bytes_spec)
-  archive.write_out(path, verbose=False)
+  with _quiet_tf_info():
+    archive.write_out(path, verbose=False)
+
+
+@contextlib.contextmanager
+def _quiet_tf_info() -> Iterator[None]:
+  """Hides the INFO lines TF logs while the SavedModel is written ("Assets written to:
+  EXPORT/.tmp-export-.../model/assets", "Writing fingerprint to ...", input renamings): they
+  name a temporary directory the user never sees, or TF's internals. TF logs them through its
+  own logger and through absl's; warnings and errors of both still show. absl's level is set
+  through its verbosity, which TF itself saves and restores while saving (a level set on the
+  logger directly would be lost there)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  tf_logger = tf.get_logger()
+  tf_level, absl_level = tf_logger.level, absl_logging.get_verbosity()
+  if tf_logger.getEffectiveLevel() < logging.WARNING:
+    tf_logger.setLevel(logging.WARNING)
+  # absl's levels count down: INFO 0, WARNING -1.
+  quieter_absl = absl_level > absl_logging.WARNING
+  if quieter_absl:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  try:
+    yield
+  finally:
+    tf_logger.setLevel(tf_level)
+    if quieter_absl:
+      absl_logging.set_verbosity(absl_level)
 
 
 def preprocessing_settings(image_size: int, *, top_k: int, class_names: list[str] | None,
@@ -362,8 +410,12 @@ def preprocessing_settings(image_size: int, *, top_k: int, class_names: list[str
       "resize_shorter_side": preprocessing.FIXED_SIZE,
       "resize_method": "bilinear",
       "antialias": "only when shrinking by more than 2x (plain bilinear below)",
-      "crop": f"central {preprocessing.FIXED_SIZE}x{preprocessing.FIXED_SIZE} patch, then its "
-              f"central {image_size}x{image_size} crop",
+      "crop": f"the central min(H, W) square (only that window of a JPEG is decoded), resized "
+              f"to {preprocessing.FIXED_SIZE}x{preprocessing.FIXED_SIZE} (the same as the "
+              f"shorter side to {preprocessing.FIXED_SIZE} then the central "
+              f"{preprocessing.FIXED_SIZE}x{preprocessing.FIXED_SIZE} patch, up to resampling), "
+              f"then its central {image_size}x{image_size} crop",
+      "same_as": "evaluate.py: alexnet_tf.preprocessing.preprocess_for_eval",
       "mean_subtraction": "inside the model",
       "classes": classes,
       "class_names": LABELS_FILE if class_names is not None else None,
@@ -416,7 +468,10 @@ def export_saved_model(model: keras.Model, export_base: str, *, version: int | N
   except OSError as e:
     raise UserError(f"--export_dir {export_base!r} cannot be created: {e.strerror}.") from e
 
-  tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=export_base)
+  try:
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=export_base)
+  except OSError as e:  # Checked before, but a folder can change in the meantime.
+    raise UserError(f"--export_dir {export_base!r} cannot be written: {e.strerror}.") from e
   staging = tempfile.mkdtemp(prefix=".tmp-labels-")  # Outside export_base; copied into assets/.
   try:
     saved_model_dir = os.path.join(tmp, "model")
@@ -472,13 +527,8 @@ def _publish(saved_model_dir: str, export_base: str, version: int | None) -> str
 
 
 def read_labels_file(path: str) -> list[str]:
-  """Class names from a text file, one a line (trailing newline optional)."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-  except OSError as e:
-    raise UserError(f"--labels {path!r} cannot be read: {e.strerror}.") from e
-  names = text.split("\n")
+  """Class names from a UTF-8 text file, one a line (trailing newline optional)."""
+  names = read_text_file("--labels", path).split("\n")
   if names and names[-1] == "":
     names.pop()
   return [n.rstrip("\r") for n in names]
@@ -502,23 +552,72 @@ def export_model_dir(model_dir: str, export_base: str, *, checkpoint: str | None
                             ten_crop=ten_crop, model_config=config["model"])
 
 
+def read_keras_description(path: str) -> dict[str, Any] | None:
+  """The description `alexnet_tf.tools.import_weights` wrote beside FILE.keras (FILE.keras.json):
+  {"class_names": [...] or None, "model": the AlexNet kwargs or None}; None when there is none.
+
+  A JSON file of another kind (no "alexnet_tf.imported_weights/" format) is not ours and is
+  left alone; one of ours that cannot be read is a UserError.
+  """
+  side = sidecar_path(path)
+  if not os.path.isfile(side):
+    return None
+  try:
+    with open(side, encoding="utf-8") as f:
+      description = json.load(f)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise UserError(f"{side!r} (the description of --model {path!r}) is not readable JSON "
+                    f"({e}); fix it or remove it.") from e
+  family = SIDECAR_FORMAT.split("/")[0] + "/"
+  if not (isinstance(description, dict)
+          and str(description.get("format", "")).startswith(family)):
+    return None
+  names = description.get("class_names")
+  if names is not None and not (isinstance(names, list)
+                                and all(isinstance(n, str) for n in names)):
+    raise UserError(f"{side!r}: \"class_names\" must be a list of strings; fix it or pass "
+                    "--labels.")
+  kwargs = description.get("alexnet_kwargs")
+  if kwargs is not None and not isinstance(kwargs, dict):
+    raise UserError(f"{side!r}: \"alexnet_kwargs\" must be a JSON object; fix it or remove "
+                    "the file.")
+  return {"class_names": names, "model": kwargs}
+
+
 def export_keras_file(path: str, export_base: str, *, version: int | None = None,
                       top_k: int = DEFAULT_TOP_K, class_names: list[str] | None = None,
                       ten_crop: bool = True) -> str:
-  """Exports a model saved with `model.save("FILE.keras")`."""
+  """Exports a model saved with `model.save("FILE.keras")`.
+
+  When `alexnet_tf.tools.import_weights` wrote FILE.keras.json beside it, its class names
+  are used unless `class_names` is given, and its AlexNet kwargs go into preprocessing.json.
+  """
   _check_target(os.fspath(export_base), version, top_k)
   if not os.path.isfile(path):
     raise UserError(f"--model {path!r} does not exist.")
   if not path.endswith(".keras"):
     raise UserError(f"--model {path!r} must be a .keras file saved with model.save(); for a "
                     "training directory use --model_dir.")
+  description = read_keras_description(path) or {"class_names": None, "model": None}
   try:
     model = keras.models.load_model(path, compile=False)
   except Exception as e:  # pylint: disable=broad-except
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise UserError(f"--model {path!r} cannot be loaded: {first}") from e
+  model_config = description["model"]
+  if model_config is not None:
+    model_config = dict(model_config)
+    shape = model_config.get("input_shape")
+    if isinstance(shape, list) and shape and isinstance(shape[0], int):
+      model_config.setdefault("image_size", shape[0])
+  if class_names is None and description["class_names"] is not None:
+    class_names = description["class_names"]
+    classes = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if len(class_names) != classes:
+      raise UserError(f"{sidecar_path(path)!r} has {len(class_names)} class names but "
+                      f"--model {path!r} has {classes} classes; pass --labels.")
   return export_saved_model(model, export_base, version=version, class_names=class_names,
-                            top_k=top_k, ten_crop=ten_crop)
+                            top_k=top_k, ten_crop=ten_crop, model_config=model_config)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -537,8 +636,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "k of the top_k_* outputs.")
   data_flags.define_path("checkpoint", None, "Checkpoint path prefix (with --model_dir); default "
                                              "the latest.")
-  data_flags.define_path("labels", None, "Text file of class names, one a line; overrides the "
-                                         "model dir's.")
+  data_flags.define_path("labels", None, "Text file of class names (UTF-8), one a line; "
+                                         "overrides the model dir's (or FILE.keras.json's).")
   flags.DEFINE_bool("ten_crop", True, "Also add the serving_ten_crop signature.")
 
 

@@ -721,8 +721,7 @@ def damaged_data_error(source: DatasetSource, error: tf.errors.DataLossError) ->
   find = getattr(source, "first_damaged_file", None)
   damaged = find() if find else None
   if damaged:
-    return UserError(f"TFRecord file {damaged} is damaged ({reason}); write it again "
-                     "(e.g. with python -m alexnet_tf.tools.make_tfrecords) or remove it")
+    return datasets.damaged_file_error(damaged, source.compression, reason)
   return UserError(f"a data file of --dataset={source.name} is damaged ({reason}); "
                    "prepare the dataset again")
 

@@ -11,10 +11,13 @@ architecture and loads the latest (or a given) checkpoint.
 
 from __future__ import annotations
 
+import collections
 import glob
 import json
+import logging
 import os
-from typing import Any
+import re
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +27,8 @@ from alexnet_tf import flags as data_flags
 from alexnet_tf.errors import UserError, check_tf_can_read_back
 from alexnet_tf.files import write_whole
 from alexnet_tf.model import AlexNet
+
+_log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 MEAN_IMAGE_FILE = "mean_image.npy"
@@ -100,6 +105,29 @@ def read_config(model_dir: str) -> dict[str, Any]:
   return config
 
 
+def _listed_checkpoints(model_dir: str) -> list[str]:
+  """Checkpoint path prefixes of MODEL_DIR/checkpoints, newest first: those the `checkpoint`
+  index lists, or, where the index is missing or unreadable, every ckpt-N*.index file by N."""
+  directory = checkpoint_dir(model_dir)
+  if "://" not in directory:
+    # TF joins the directory onto the index's relative entries, so a relative directory would
+    # give paths relative to the working directory; an absolute one gives usable paths.
+    directory = os.path.abspath(directory)
+  state = tf.train.get_checkpoint_state(directory)
+  if state is not None and state.model_checkpoint_path:
+    listed = [p for p in state.all_model_checkpoint_paths if p != state.model_checkpoint_path]
+    return [state.model_checkpoint_path, *reversed(listed)]
+  # TF writes the index last, so checkpoint files without a readable one mean that it was lost
+  # (a damaged disk, a partial copy): starting over would silently drop the training done.
+  numbered = []
+  for index in tf.io.gfile.glob(os.path.join(glob.escape(directory), "*-*.index")):
+    prefix = index[:-len(".index")]
+    step = prefix.rsplit("-", 1)[1]
+    if step.isdigit():
+      numbered.append((int(step), prefix))
+  return [prefix for _, prefix in sorted(numbered, reverse=True)]
+
+
 def latest_checkpoint(model_dir: str) -> str | None:
   """Path prefix of the newest complete checkpoint in MODEL_DIR/checkpoints, or None.
 
@@ -108,34 +136,33 @@ def latest_checkpoint(model_dir: str) -> str | None:
   checkpoint. Should the files of the newest listed checkpoint still be missing or
   unreadable (a damaged disk, a partial copy), the newest readable one is returned.
   """
-  directory = checkpoint_dir(model_dir)
-  if "://" not in directory:
-    # TF joins the directory onto the index's relative entries, so a relative directory would
-    # give paths relative to the working directory; an absolute one gives usable paths.
-    directory = os.path.abspath(directory)
-  state = tf.train.get_checkpoint_state(directory)
-  if state is None or not state.model_checkpoint_path:
-    return None
-  listed = [p for p in state.all_model_checkpoint_paths if p != state.model_checkpoint_path]
-  for path in [state.model_checkpoint_path, *reversed(listed)]:
-    if _readable_checkpoint(path):
-      return path
-  return None
+  return next(iter(readable_checkpoints(model_dir)), None)
 
 
-def _readable_checkpoint(prefix: str) -> bool:
-  """The index reads and every data shard it names exists."""
+def readable_checkpoints(model_dir: str) -> list[str]:
+  """The checkpoints of `model_dir` whose index reads and whose data files all exist, newest
+  first. A data file cut short shows only when read (`load_checkpoint_weights`)."""
+  return [path for path in _listed_checkpoints(model_dir) if _checkpoint_problem(path) is None]
+
+
+def _checkpoint_problem(prefix: str) -> str | None:
+  """Why the checkpoint at `prefix` cannot be read (its index does not read, a data file is
+  missing), or None."""
   try:
     tf.train.load_checkpoint(prefix)
-  except (tf.errors.OpError, ValueError):
-    return False
+  except (tf.errors.OpError, ValueError) as e:
+    return f"its index {prefix}.index does not read ({_first_line(e)})"
   # Escaped: with --model_dir=run* the pattern also counted run-a's shards, the count came out
   # wrong, and a rerun started over instead of resuming.
   shards = tf.io.gfile.glob(glob.escape(prefix) + ".data-*-of-*")
-  if not shards:
-    return False
-  total = int(shards[0].rsplit("-of-", 1)[1])
-  return len(shards) == total
+  total = int(shards[0].rsplit("-of-", 1)[1]) if shards else 1
+  if len(shards) != total:
+    return f"{total - len(shards)} of its {total} data file(s) {prefix}.data-*-of-* are missing"
+  return None
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def remove_incomplete_checkpoints(model_dir: str) -> list[str]:
@@ -166,33 +193,94 @@ def restore_model(model_dir: str, checkpoint: str | None = None,
   Raises:
     UserError: no config, no checkpoint, or a checkpoint of another architecture.
   """
-  config = read_config(model_dir)
-  check_tf_can_read_back("--model_dir", model_dir)  # Else: "has no checkpoint", misleadingly.
-  if checkpoint is None:
-    checkpoint = latest_checkpoint(model_dir)
-    if checkpoint is None:
-      raise UserError(f"--model_dir {model_dir!r} has no checkpoint in "
-                      f"{checkpoint_dir(model_dir)}; train first or pass --checkpoint.")
-  model = build_model(config["model"], model_dir, **overrides)
-  load_checkpoint_weights(model, checkpoint)
+  model, config, _ = restore_checkpoint(model_dir, checkpoint, **overrides)
   return model, config
 
 
-def load_checkpoint_weights(model: keras.Model, checkpoint: str) -> None:
-  """Loads only the model's weights from a training checkpoint; UserError on mismatch."""
+def restore_checkpoint(model_dir: str, checkpoint: str | None = None, *,
+                       log: Callable[[str], None] = _log.warning,
+                       **overrides: Any) -> tuple[keras.Model, dict[str, Any], str]:
+  """`restore_model`, also returning the checkpoint it loaded.
+
+  Without `checkpoint`, the newest that reads: one whose data file turns out to be cut short
+  is reported through `log` and the one before it is loaded.
+  """
+  config = read_config(model_dir)
+  check_tf_can_read_back("--model_dir", model_dir)  # Else: "has no checkpoint", misleadingly.
+  candidates = [checkpoint] if checkpoint is not None else readable_checkpoints(model_dir)
+  if not candidates:
+    raise UserError(f"--model_dir {model_dir!r} has no checkpoint in "
+                    f"{checkpoint_dir(model_dir)}; train first or pass --checkpoint.")
+  try:
+    model = build_model(config["model"], model_dir, **overrides)
+  except UserError:
+    raise
+  except (TypeError, ValueError) as e:  # An edited or foreign config.json.
+    raise UserError(f"{config_path(model_dir)}: its 'model' section does not describe an "
+                    f"AlexNet ({_first_line(e).rstrip('.')}).") from e
+  for path, before in zip(candidates, candidates[1:]):
+    try:
+      load_checkpoint_weights(model, path, config_path(model_dir))
+      return model, config, path
+    except CheckpointReadError as e:
+      log(f"{e}; loading the checkpoint before it, {before}, instead.")
+  load_checkpoint_weights(model, candidates[-1], config_path(model_dir))
+  return model, config, candidates[-1]
+
+
+class CheckpointReadError(UserError):
+  """A checkpoint whose files cannot be read (missing, cut short, damaged)."""
+
+
+def load_checkpoint_weights(model: keras.Model, checkpoint: str,
+                            described_by: str | None = None) -> None:
+  """Loads only the model's weights from a training checkpoint; UserError on mismatch.
+
+  `described_by`: where the model's architecture comes from (a config.json), for the message.
+  """
   check_tf_can_read_back("checkpoint", checkpoint)
   if not tf.io.gfile.exists(checkpoint + ".index"):
-    raise UserError(f"checkpoint {checkpoint!r} does not exist (no {checkpoint}.index).")
+    hint = ""
+    stem = re.sub(r"\.(index|data-\d+-of-\d+)$", "", checkpoint)
+    if stem != checkpoint:
+      hint = f"; pass the path prefix {stem}, without the file's ending"
+    elif tf.io.gfile.isdir(checkpoint):
+      hint = "; pass a checkpoint's path prefix, e.g. DIR/ckpt-N for DIR/ckpt-N.index"
+    raise UserError(f"checkpoint {checkpoint!r} does not exist (no {checkpoint}.index){hint}.")
+  problem = _checkpoint_problem(checkpoint)
+  if problem:
+    raise CheckpointReadError(f"checkpoint {checkpoint!r} cannot be read: {problem}")
+  of = f"the model that {described_by} describes" if described_by else "this model"
+  missing = _missing_weight(model, checkpoint)
+  if missing is not None:  # Before reading: a failed read ends in dozens of TF warnings at exit.
+    raise UserError(f"checkpoint {checkpoint!r} does not match {of}: it has no weight of shape "
+                    f"{missing.shape} for {missing.path}.")
   try:
-    tf.train.load_checkpoint(checkpoint)
-  except (tf.errors.OpError, ValueError) as e:
-    raise UserError(f"checkpoint {checkpoint!r} cannot be read: {e}") from e
-  status = tf.train.Checkpoint(model=model).read(checkpoint)
-  try:
+    status = tf.train.Checkpoint(model=model).read(checkpoint)
     status.expect_partial().assert_existing_objects_matched()
   except AssertionError as e:
     raise UserError(f"checkpoint {checkpoint!r} is not a checkpoint of this model "
                     f"({model.count_params():,} parameters).") from e
-  except (ValueError, tf.errors.OpError) as e:
-    raise UserError(f"checkpoint {checkpoint!r} does not match this model: "
-                    f"{str(e).splitlines()[0][:300]}") from e
+  except ValueError as e:  # A variable of another shape: another architecture.
+    raise UserError(f"checkpoint {checkpoint!r} does not match {of}: {_first_line(e)}") from e
+  except (tf.errors.OpError, IndexError) as e:  # IndexError: TF's "Read less bytes than requested".
+    raise CheckpointReadError(f"checkpoint {checkpoint!r} cannot be read: a data file is cut "
+                              f"short or damaged ({_first_line(e)})") from e
+
+
+def _missing_weight(model: keras.Model, checkpoint: str) -> Any:
+  """A trainable weight of `model` whose shape no (further) variable of the checkpoint has, or
+  None: a checkpoint of another architecture (class count, towers), told from the index alone.
+
+  Every variable counts, not only those under "model/": a checkpoint stores each variable once,
+  under the first path that reaches it (training's: the optimizer's list of variables).
+  """
+  stored = collections.Counter(
+      tuple(shape) for key, shape in tf.train.load_checkpoint(checkpoint)
+      .get_variable_to_shape_map().items() if key.endswith("/.ATTRIBUTES/VARIABLE_VALUE"))
+  for weight in model.trainable_weights:
+    shape = tuple(weight.shape)
+    if not stored[shape]:
+      return weight
+    stored[shape] -= 1
+  return None

@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from alexnet_tf.errors import UserError
+from alexnet_tf.errors import UserError, check_writable_file
 
 # Caffe's per-channel mean of bvlc_alexnet, BGR (the ONNX model's own order).
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
@@ -94,6 +94,9 @@ def load_onnx(path: str | os.PathLike) -> Any:
   """
   onnx = _onnx()
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise UserError(f"--onnx {path!r} is a folder; give the .onnx file (e.g. "
+                    "bvlcalexnet-12.onnx).")
   if not os.path.isfile(path):
     raise UserError(f"--onnx {path!r} does not exist.")
   try:
@@ -559,18 +562,15 @@ def import_onnx_weights(onnx_path: str, output: str, class_names: Sequence[str] 
   if not (output.endswith(".keras") or output.endswith(".weights.h5")):
     raise UserError(f"--output must end in '.keras' (a full model, preferred) or "
                     f"'.weights.h5' (weights only); got {output!r}.")
+  # Before the conversion, which reads a 233 MB file: a place that cannot be written should
+  # not cost it.
+  check_writable_file("--output", output)
   model, kwargs = model_from_onnx(onnx_path, mean_rgb, input_channel_order)
   if class_names is not None:
     class_names = [str(c) for c in class_names]
     if len(class_names) != kwargs["classes"]:
       raise UserError(f"--classes has {len(class_names)} names but the model has "
                       f"{kwargs['classes']} classes (fc8 outputs).")
-  parent = os.path.dirname(os.path.abspath(output))
-  os.makedirs(parent, exist_ok=True)
-  if output.endswith(".keras"):
-    model.save(output)
-  else:
-    model.save_weights(output)
   description = dict(
       format=SIDECAR_FORMAT, source=os.path.basename(os.fspath(onnx_path)),
       file=os.path.basename(output), alexnet_kwargs=kwargs,
@@ -578,9 +578,19 @@ def import_onnx_weights(onnx_path: str, output: str, class_names: Sequence[str] 
       source_input_channel_order=input_channel_order)
   if class_names is not None:
     description["class_names"] = class_names
-  with open(sidecar_path(output), "w") as f:
-    json.dump(description, f, indent=2)
-    f.write("\n")
+  parent = os.path.dirname(os.path.abspath(output))
+  try:
+    os.makedirs(parent, exist_ok=True)
+    if output.endswith(".keras"):
+      model.save(output)
+    else:
+      model.save_weights(output)
+    with open(sidecar_path(output), "w") as f:
+      json.dump(description, f, indent=2)
+      f.write("\n")
+  except OSError as e:  # Checked above, but the folder can change (or fill up) meanwhile.
+    raise UserError(f"--output {output!r} cannot be written: "
+                    f"{e.strerror or type(e).__name__}.") from e
   return description
 
 

@@ -96,9 +96,8 @@ def generate(root: str | None = None, num_train: int = DEFAULT_NUM_TRAIN,
                     f"(got num_train={num_train}, num_validation={num_validation})")
   if is_complete(root, num_train, num_validation, seed):
     return root
-  # Only this function's own files are ever replaced (a cache of other parameters, or a
-  # half-written one): anything else, such as a train/ and validation/ of the user's own
-  # images, is the user's data.
+  # Only this function's own files are ever replaced (a cache of other parameters): anything
+  # else, such as a train/ and validation/ of the user's own images, is the user's data.
   foreign = _foreign_files(root)
   if foreign:
     raise UserError(f"--data_dir={root} holds files that are not the built-in shapes dataset's "
@@ -114,7 +113,12 @@ def generate(root: str | None = None, num_train: int = DEFAULT_NUM_TRAIN,
 
 
 def _foreign_files(root: str, limit: int = 2) -> list[str]:
-  """Up to `limit` paths under ROOT (relative) that `generate` would not have written."""
+  """Up to `limit` paths under ROOT (relative) that `generate` would not have written.
+
+  Without the marker file every file is foreign: `generate` writes the folder whole (renamed
+  into place with the marker in it), so image files alone are a copy, such as a user's subset.
+  """
+  owned = os.path.isfile(os.path.join(root, MARKER))
   foreign = []
   for top, folders, files in os.walk(root):
     rel = os.path.relpath(top, root)
@@ -125,7 +129,9 @@ def _foreign_files(root: str, limit: int = 2) -> list[str]:
       expected_folders, expected_file = set(CLASS_NAMES), lambda f: False
     else:
       split = rel.split(os.sep)[0]
-      expected_folders, expected_file = set(), re.compile(rf"{split}_\d{{6}}\.jpg").fullmatch
+      expected_folders = set()
+      expected_file = (re.compile(rf"{split}_\d{{6}}\.jpg").fullmatch if owned
+                       else lambda f: False)
     foreign += [os.path.join(rel, f) for f in sorted(folders) if f not in expected_folders]
     foreign += [os.path.join(rel, f) for f in sorted(files) if not expected_file(f)]
     folders[:] = [f for f in folders if f in expected_folders]

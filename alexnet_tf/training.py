@@ -35,7 +35,7 @@ import keras
 
 from alexnet_tf import distribute, flags as data_flags, model_dir as model_dir_lib, preprocessing
 from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_dir, log_line
-from alexnet_tf.evaluation import evaluate_model
+from alexnet_tf.evaluation import evaluate_model, top_k
 from alexnet_tf.files import write_whole
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
                                      learning_rate_at, scaled_learning_rate)
@@ -396,9 +396,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
     for path in model_dir_lib.remove_incomplete_checkpoints(config.model_dir):
       log(f"Removed {path}: a checkpoint write that was interrupted.")
   # Every worker resumes from the chief's checkpoints.
-  restored = model_dir_lib.latest_checkpoint(config.model_dir)
+  restored = _restore_newest(state, config.model_dir, log)
   if restored:
-    state.checkpoint.restore(restored).assert_existing_objects_matched()
     log(f"Resumed from {restored}: step {int(state.global_step.numpy())}, epoch "
         f"{int(state.epoch.numpy())}, step in epoch {int(state.step_in_epoch.numpy())}.")
 
@@ -588,7 +587,7 @@ class StepMetrics:
   def update(self, per_example_loss, logits, labels) -> None:
     labels = tf.cast(labels, tf.int32)
     logits = tf.cast(logits, tf.float32)
-    k = min(5, int(logits.shape[-1]))
+    k = top_k(int(logits.shape[-1]))  # The same k as validation's.
     self.sums.assign_add(tf.stack([
         tf.reduce_sum(tf.cast(per_example_loss, tf.float64)),
         tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float64)),
@@ -796,6 +795,29 @@ class _Writers:
     if self.chief:
       self.train.flush()
       self.val.flush()
+
+
+def _restore_newest(state: "_TrainState", model_dir: str, log: Callable[[str], None]
+                    ) -> str | None:
+  """Restores the newest checkpoint of `model_dir` that reads, and returns it (None: none).
+
+  One whose data file turns out to be cut short (a partial copy, a full disk) is reported and
+  the one before it restored; when none reads, starting over would silently drop the training
+  done, so that is an error.
+  """
+  candidates = model_dir_lib.readable_checkpoints(model_dir)
+  for path in candidates:
+    try:
+      state.checkpoint.restore(path).assert_existing_objects_matched()
+      return path
+    except (tf.errors.OpError, IndexError) as e:  # IndexError: "Read less bytes than requested".
+      log(f"Checkpoint {path} cannot be read: a data file is cut short or damaged "
+          f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}); trying the one "
+          "before it.")
+  if candidates:
+    raise UserError(f"no checkpoint of --model_dir {model_dir!r} can be read; restore its "
+                    "files, or pass another --model_dir to start over.")
+  return None
 
 
 def _read_history(model_dir: str) -> list:

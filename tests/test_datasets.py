@@ -309,8 +309,17 @@ def test_compressed_tfrecords_are_read(image_folder, tmp_path, isolated_cache, c
   damaged = out / "train-00002-of-00003.tfrecord"
   damaged.write_bytes(damaged.read_bytes()[:-100])
   assert src.first_damaged_file() == str(damaged)
-  with pytest.raises(UserError, match=re.escape(f"cannot read TFRecord file {damaged}: ")):
+  with pytest.raises(UserError, match=re.escape(f"TFRecord file {damaged} is damaged (")):
     datasets.load_source("tfrecord", "train", str(out))
+  # A shard of another compression than the split's first file is named as such (it was
+  # "corrupted record at 0", as if damaged).
+  with tf.io.TFRecordWriter(str(damaged)) as w:
+    for record in tf.data.TFRecordDataset(os.path.join(plain, "train-00000-of-00002.tfrecord")):
+      w.write(record.numpy())
+  with pytest.raises(UserError) as e:
+    datasets.load_source("tfrecord", "train", str(out))
+  assert str(e.value) == (f"TFRecord file {damaged} is uncompressed, but the split's first file "
+                          f"is {compression}: write all files of a split with one compression")
   (out / "train-00000-of-00003.tfrecord").write_bytes(b"not a TFRecord file at all")
   with pytest.raises(UserError, match=re.escape(
       f"cannot read TFRecord file {out / 'train-00000-of-00003.tfrecord'}: corrupted record at 0 "
@@ -581,11 +590,19 @@ def test_shapes_generate(tmp_path, shapes_root):
   mtime = os.path.getmtime(same)
   shapes.generate(other, 60, 24)
   assert os.path.getmtime(same) == mtime
-  # A cache without its marker (half-written) is regenerated.
-  os.remove(os.path.join(other, shapes.MARKER))
-  os.remove(same)
-  shapes.generate(other, 60, 24)
-  assert os.path.exists(same) and shapes.is_complete(other, 60, 24)
+  # A cache of other parameters is replaced.
+  shapes.generate(other, 66, 24)
+  assert shapes.is_complete(other, 66, 24) and not shapes.is_complete(other, 60, 24)
+  # Shapes images without the marker are a copy (generate writes the folder whole, marker
+  # included): a user's subset of shapes, given to evaluate.py without --dataset=folder, was
+  # replaced by the whole dataset and evaluated without a word.
+  subset = tmp_path / "subset"
+  shutil.copytree(os.path.join(other, "validation"), subset / "validation")
+  with pytest.raises(UserError, match=re.escape(
+      f"--data_dir={subset} holds files that are not the built-in shapes dataset's (e.g. "
+      f"{os.path.join('validation', '')}")):
+    shapes.generate(str(subset), 60, 24)
+  assert len(os.listdir(subset / "validation" / "circle")) == 4
   # A folder with foreign files is refused, not deleted.
   foreign = tmp_path / "foreign"
   foreign.mkdir()

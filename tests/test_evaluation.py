@@ -165,10 +165,10 @@ def setup(tmp_path_factory):
 
 
 def metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-  """The independent top-1 / top-3 / loss of (reference) probabilities."""
+  """The independent top-1 / top-2 / loss of (reference) probabilities."""
   order = np.argsort(-probs, axis=1)
   return dict(top1=float(np.mean(order[:, 0] == labels)),
-              top3=float(np.mean((order[:, :3] == labels[:, None]).any(axis=1))),
+              top2=float(np.mean((order[:, :2] == labels[:, None]).any(axis=1))),
               loss=float(np.mean(-np.log(probs[np.arange(len(labels)), labels]))),
               predictions=order[:, 0])
 
@@ -233,12 +233,12 @@ def test_probabilities_equal_reference_in_process(setup, ten_crop):
   np.testing.assert_allclose(result["probabilities"], expected, atol=1e-5)
   m = metrics(expected, setup["labels"]["validation"])
   assert result["top1_accuracy"] == pytest.approx(m["top1"], abs=1e-12)
-  assert result["top5_accuracy"] == pytest.approx(m["top3"], abs=1e-12)
+  assert result["top5_accuracy"] == pytest.approx(m["top2"], abs=1e-12)
   assert result["loss"] == pytest.approx(m["loss"], rel=1e-5, abs=1e-6)
   np.testing.assert_array_equal(result["predictions"], m["predictions"])
 
 
-def test_evaluate_py_ten_crop_equals_reference_and_reports_top3(setup):
+def test_evaluate_py_ten_crop_equals_reference_and_reports_top2(setup):
   per_class_csv = str(setup["work"] / "per_class.csv")
   confusion_csv = str(setup["work"] / "confusion.csv")
   result, proc = run_json(setup, "ten", f"--model={setup['paths']['a']}", "--ten_crop",
@@ -249,11 +249,12 @@ def test_evaluate_py_ten_crop_equals_reference_and_reports_top3(setup):
   assert result["top1_accuracy"] == pytest.approx(m["top1"], abs=1e-12)
   assert result["top1_error"] == pytest.approx(1 - m["top1"], abs=1e-12)
   assert result["loss"] == pytest.approx(m["loss"], rel=1e-5, abs=1e-6)
-  # Top-5 on 3 classes is top-3 (always 1.0), and says so.
-  assert result["top_k"] == 3
-  assert result["top5_accuracy"] == pytest.approx(m["top3"]) == 1.0
-  assert "top-3" in result["top5_note"] and "3 classes" in result["top5_note"]
-  assert "top-3 *" in proc.stdout and result["top5_note"] in proc.stdout
+  # Top-5 on 3 classes is top-2 (top-3 would always be 1.0, as it was reported), and says so.
+  assert result["top_k"] == 2
+  assert result["top5_accuracy"] == pytest.approx(m["top2"])
+  assert result["top5_note"] == ("top-5 is reported as top-2: the model has only 3 classes "
+                                 "(top-5 would always be 1.0)")
+  assert "top-2 *" in proc.stdout and result["top5_note"] in proc.stdout
   assert result["options"]["ten_crop"] is True and result["options"]["crops"] == 10
   assert result["class_names"] == list(CLASSES)
   assert result["corrupt_images_skipped"] == 0
@@ -265,8 +266,8 @@ def test_evaluate_py_ten_crop_equals_reference_and_reports_top3(setup):
                        for c, n in enumerate(CLASSES)]
   with open(per_class_csv) as f:
     rows = list(csv.reader(f))
-  assert rows[0] == ["class", "name", "images", "top1_correct", "top1_accuracy", "top3_correct",
-                     "top3_accuracy"]
+  assert rows[0] == ["class", "name", "images", "top1_correct", "top1_accuracy", "top2_correct",
+                     "top2_accuracy"]
   assert [(r[1], int(r[2]), int(r[3])) for r in rows[1:]] == per_class
   with open(confusion_csv) as f:
     rows = list(csv.reader(f))
@@ -581,3 +582,141 @@ def test_repeated_evaluation_does_not_retrace(setup):
   assert len({r["loss"] for r in results}) == 1
   m = metrics(setup["ref"]["a", "validation", "centre"], setup["labels"]["validation"])
   assert results[0]["loss"] == pytest.approx(m["loss"], rel=1e-5, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and output files, from a user-style probe.
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def three_checkpoints(setup):
+  """A model dir whose ckpt-1, ckpt-2, ckpt-3 hold the weights of models a, b, a."""
+  model_dir = str(setup["work"] / "three_checkpoints")
+  config = model_dir_lib.default_model_config(classes=3)
+  model_dir_lib.write_config(model_dir, dict(model=config, class_names=list(CLASSES)))
+  model = model_dir_lib.build_model(config)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
+                                       model_dir_lib.checkpoint_dir(model_dir), max_to_keep=5,
+                                       checkpoint_name="ckpt")
+  for name in ("a", "b", "a"):
+    model.set_weights(setup["models"][name].get_weights())
+    manager.save()
+  return model_dir
+
+
+def _copy_model_dir(src: str, dst) -> str:
+  shutil.copytree(src, dst)
+  return str(dst)
+
+
+def test_a_cut_short_newest_checkpoint_loads_the_one_before_and_says_which(
+    setup, three_checkpoints, tmp_path):
+  """A data file cut short raised IndexError ("Read less bytes than requested") with a
+  traceback; the results named the newest checkpoint even when another one was loaded (the
+  name came from a second look at the checkpoint index, which training may have moved on)."""
+  model_dir = _copy_model_dir(three_checkpoints, tmp_path / "run")
+  data = os.path.join(model_dir, "checkpoints", "ckpt-3.data-00000-of-00001")
+  os.truncate(data, 1_000_000)
+  warnings = []
+  model, _, loaded = model_dir_lib.restore_checkpoint(model_dir, log=warnings.append)
+  assert loaded == os.path.join(model_dir, "checkpoints", "ckpt-2")
+  assert warnings == [f"checkpoint '{model_dir}/checkpoints/ckpt-3' cannot be read: a data file "
+                      "is cut short or damaged (Read less bytes than requested); loading the "
+                      f"checkpoint before it, {loaded}, instead."]
+  for got, want in zip(model.get_weights(), setup["models"]["b"].get_weights()):
+    np.testing.assert_array_equal(got, want)
+  result = evaluation.evaluate(evaluation.EvalConfig(
+      model_dir=model_dir, dataset="folder", data_dir=setup["data"], batch_size=8),
+      log=lambda _: None)
+  assert result["options"]["models"] == [f"{model_dir} (ckpt-2)"]
+  m = metrics(setup["ref"]["b", "validation", "centre"], setup["labels"]["validation"])
+  assert result["loss"] == pytest.approx(m["loss"], rel=1e-5, abs=1e-6)
+  # Asked for by name, it is an error, not another checkpoint.
+  with pytest.raises(UserError, match=re.escape(
+      f"checkpoint '{data[:-len('.data-00000-of-00001')]}' cannot be read: a data file is cut "
+      "short or damaged (Read less bytes than requested)")):
+    model_dir_lib.restore_checkpoint(model_dir, data[:-len(".data-00000-of-00001")])
+  # The `checkpoint` index lost: the checkpoint files still tell (training started over).
+  os.remove(data)
+  with open(os.path.join(model_dir, "checkpoints", "checkpoint"), "w") as f:
+    f.write("garbage {{{")
+  assert model_dir_lib.latest_checkpoint(model_dir) == os.path.join(model_dir, "checkpoints",
+                                                                      "ckpt-2")
+  with pytest.raises(UserError, match=re.escape(
+      f"checkpoint '{model_dir}/checkpoints/ckpt-3' cannot be read: 1 of its 1 data file(s) "
+      f"{model_dir}/checkpoints/ckpt-3.data-*-of-* are missing")):
+    model_dir_lib.restore_checkpoint(model_dir, f"{model_dir}/checkpoints/ckpt-3")
+
+
+def test_checkpoint_and_config_mistakes_are_one_sentence(setup, three_checkpoints,
+                                                         bad_model_dirs, tmp_path):
+  """Each was a traceback: a checkpoint of another architecture (ValueError after ~50 TF
+  warnings), a config.json with a bad value or an unknown key (ValueError, TypeError)."""
+  five = model_dir_lib.latest_checkpoint(bad_model_dirs["five_classes"])
+  proc = run_evaluate(f"--model_dir={three_checkpoints}", f"--checkpoint={five}",
+                      "--dataset=folder", f"--data_dir={setup['data']}", check=False)
+  assert_one_sentence_error(
+      proc, f"checkpoint '{five}' does not match the model that {three_checkpoints}/config.json "
+      "describes: it has no weight of shape (4096, 3) for fc8/kernel.")
+  assert "Value in checkpoint could not be found" not in proc.stderr
+  for key, value, reason in [("towers", "two", "towers must be one of [1, 2]; got 'two'"),
+                             ("bogus_key", 1, "unexpected keyword argument 'bogus_key'")]:
+    model_dir = _copy_model_dir(three_checkpoints, tmp_path / key)
+    config = model_dir_lib.read_config(model_dir)
+    config["model"][key] = value
+    model_dir_lib.write_config(model_dir, config)
+    with pytest.raises(UserError, match=re.escape(
+        f"{model_dir}/config.json: its 'model' section does not describe an AlexNet (")) as e:
+      model_dir_lib.restore_model(model_dir)
+    assert reason in str(e.value)
+  ckpt = os.path.join(three_checkpoints, "checkpoints", "ckpt-2")
+  for given, hint in [(ckpt + ".index", f"pass the path prefix {ckpt}, without the file's "
+                                        "ending."),
+                      (ckpt + ".data-00000-of-00001", f"pass the path prefix {ckpt}, without "
+                                                      "the file's ending."),
+                      (os.path.dirname(ckpt), "pass a checkpoint's path prefix, e.g. DIR/ckpt-N "
+                                              "for DIR/ckpt-N.index.")]:
+    with pytest.raises(UserError, match=re.escape(hint)):
+      model_dir_lib.restore_model(three_checkpoints, given)
+
+
+def test_output_files_never_replace_other_files(setup, three_checkpoints, tmp_path):
+  """--output_json=RUN/config.json ruined the model dir, --per_class_csv=an image replaced it,
+  the same file for two flags lost one of them, and an output that could not be written
+  failed after the evaluation (PermissionError, FileNotFoundError)."""
+  model_dir = _copy_model_dir(three_checkpoints, tmp_path / "run")
+  config_json = os.path.join(model_dir, "config.json")
+  before = open(config_json).read()
+  image = setup["listing"]["validation"][0][0]
+  image_bytes = open(image, "rb").read()
+  base = dict(model_dir=model_dir, dataset="folder", data_dir=setup["data"], batch_size=8)
+  for overrides, message in [
+      (dict(output_json=config_json), f"--output_json={config_json} already exists and is not "
+                                      "an evaluate.py output; choose another file name or "
+                                      "remove it first."),
+      (dict(per_class_csv=image), f"--per_class_csv={image} already exists and is not an "
+                                  "evaluate.py output"),
+      (dict(confusion_csv=config_json), "is not an evaluate.py output"),
+      (dict(output_json=str(tmp_path / "x"), per_class_csv=str(tmp_path / "x")),
+       f"--output_json and --per_class_csv name the same file {tmp_path / 'x'}; give each its "
+       "own."),
+      (dict(output_json="/proc/alexnet_tf_eval.json"),
+       "--output_json '/proc/alexnet_tf_eval.json' cannot be written (in '/proc'): "),
+      (dict(split=""), "--split must name a split, e.g. --split=validation."),
+      (dict(model_dir=None, checkpoint=f"{model_dir}/checkpoints/ckpt-2"),
+       "--checkpoint needs --model_dir, the training directory whose config.json describes the "
+       "checkpoint's model."),
+  ]:
+    with pytest.raises(UserError, match=re.escape(message)):
+      evaluation.evaluate(evaluation.EvalConfig(**{**base, **overrides}), log=lambda _: None)
+  assert open(config_json).read() == before and open(image, "rb").read() == image_bytes
+  assert not os.path.exists(tmp_path / "x")
+  # evaluate.py's own outputs, and empty files, are replaced.
+  outputs = dict(output_json=str(tmp_path / "r.json"), per_class_csv=str(tmp_path / "p.csv"),
+                 confusion_csv=str(tmp_path / "c.csv"))
+  open(outputs["confusion_csv"], "w").close()
+  for _ in range(2):
+    evaluation.evaluate(evaluation.EvalConfig(**base, **outputs), log=lambda _: None)
+  with open(outputs["output_json"]) as f:
+    assert json.load(f)["options"]["models"] == [f"{model_dir} (ckpt-3)"]
+  assert sorted(os.listdir(tmp_path)) == ["c.csv", "p.csv", "r.json", "run"]  # No temp files.

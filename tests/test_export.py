@@ -24,9 +24,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from alexnet_tf import AlexNet, export
+from alexnet_tf import AlexNet, export, preprocessing
 from alexnet_tf.errors import UserError
 from alexnet_tf.model_dir import default_model_config, restore_model, write_config
+from alexnet_tf.onnx_import import SIDECAR_FORMAT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASS_NAMES = ["circle", "square", "triangle"]
@@ -70,30 +71,33 @@ def _make_images():
   portrait = _pixels(250, 180, 2)         # PNG smaller than 256: upscaled to 356x256
   gray = _pixels(200, 200, 3)[..., :1]    # grayscale PNG
   rgba = np.concatenate([_pixels(260, 300, 4), np.full((260, 300, 1), 77, np.uint8)], -1)
+  noise = np.random.default_rng(6)
   return {
       "jpeg": tf.io.encode_jpeg(rgb, quality=90).numpy(),
       "png": tf.io.encode_png(portrait).numpy(),
       "gray_png": tf.io.encode_png(gray).numpy(),
       "rgba_png": tf.io.encode_png(rgba).numpy(),
       "gray_jpeg": tf.io.encode_jpeg(_pixels(320, 240, 5)[..., :1]).numpy(),
+      # Odd, non-square sizes of pure noise, where any difference in resampling shows.
+      "odd_jpeg": tf.io.encode_jpeg(noise.integers(0, 256, (300, 401, 3), np.uint8)).numpy(),
+      "thin_png": tf.io.encode_png(noise.integers(0, 256, (1, 3000, 3), np.uint8)).numpy(),
   }
 
 
 def _reference_resized(data: bytes) -> np.ndarray:
-  """Independent reference: decode to RGB, shorter side to 256 (bilinear, antialiased only when
-  shrinking by more than 2x), the central 256x256 patch. float32 [256, 256, 3]."""
+  """Independent reference of evaluate.py's fixed-resolution step: decode to RGB, the central
+  min(H, W) square, resized to 256x256 (bilinear, antialiased only when shrinking by more than
+  2x). float32 [256, 256, 3]."""
   if data[:2] == b"\xff\xd8":
     image = tf.io.decode_jpeg(data, channels=3)
   else:
     image = tf.io.decode_png(data, channels=3)  # gray -> RGB, RGBA -> RGB (alpha dropped)
   h, w = image.shape[:2]
   m = min(h, w)
-  new_h, new_w = max(round(h * 256 / m), 256), max(round(w * 256 / m), 256)
-  resized = tf.image.resize(tf.cast(image, tf.float32)[None], [new_h, new_w],
-                            method="bilinear", antialias=h > 2 * new_h or w > 2 * new_w)[0]
-  resized = tf.clip_by_value(resized, 0.0, 255.0).numpy()
-  top, left = (new_h - 256) // 2, (new_w - 256) // 2
-  return resized[top:top + 256, left:left + 256]
+  top, left = (h - m) // 2, (w - m) // 2
+  square = tf.cast(image[top:top + m, left:left + m], tf.float32)
+  resized = tf.image.resize(square[None], [256, 256], method="bilinear", antialias=m > 512)[0]
+  return tf.clip_by_value(resized, 0.0, 255.0).numpy()
 
 
 def _reference_crop(data: bytes) -> np.ndarray:
@@ -197,6 +201,13 @@ def served(exported, images, tmp_path_factory):
                                 "png")]
   requests = [(f"bytes_{k}", "call", ("serving_default", {"image_bytes": np.array([v], object)}))
               for k, v in images.items()]
+  # evaluate.py's crops of the same bytes, made here by alexnet_tf.preprocessing.
+  eval_bytes = [images[k] for k in ("odd_jpeg", "thin_png", "jpeg", "png")]
+  eval_crops = np.stack([preprocessing.preprocess_for_eval(b, SIZE).numpy() for b in eval_bytes])
+  eval_ten = np.concatenate([preprocessing.preprocess_for_eval(b, SIZE, num_crops=10).numpy()
+                             for b in eval_bytes[:2]])
+  # 1x20000: resizing the whole image's shorter side to 256 would take ~16 GB.
+  thin = tf.io.encode_png(rng.integers(0, 256, (1, 20000, 3), np.uint8)).numpy()
   requests += [
       ("bytes_batch7", "call", ("serving_default", {"image_bytes": np.array(mixed7, object)})),
       ("images_batch1", "call", ("serving_images", {"images": batch7[:1]})),
@@ -216,6 +227,18 @@ def served(exported, images, tmp_path_factory):
                                                  model="alexnet").SerializeToString()),
       ("rest", "rest", json.dumps(rest_client.build_request([images["gray_png"],
                                                              images["jpeg"]]))),
+      ("eval_bytes", "call", ("serving_default", {"image_bytes": np.array(eval_bytes, object)})),
+      ("eval_images", "call", ("serving_images", {"images": eval_crops})),
+      ("eval_ten_bytes", "call", ("serving_ten_crop",
+                                  {"image_bytes": np.array(eval_bytes[:2], object)})),
+      ("eval_ten_images", "call", ("serving_images", {"images": eval_ten})),
+      ("thin_20000", "call", ("serving_default", {"image_bytes": np.array([thin], object)})),
+      ("empty_batch_default", "call", ("serving_default",
+                                       {"image_bytes": np.array([], object)})),
+      ("empty_batch_ten_crop", "call", ("serving_ten_crop",
+                                        {"image_bytes": np.array([], object)})),
+      ("empty_batch_images", "call", ("serving_images",
+                                      {"images": np.zeros((0, SIZE, SIZE, 3), np.float32)})),
   ]
   work = tmp_path_factory.mktemp("served")
   with open(work / "requests.pkl", "wb") as f:
@@ -229,6 +252,7 @@ def served(exported, images, tmp_path_factory):
     answers = pickle.load(f)
   answers["_batch7"] = batch7
   answers["_mixed7"] = mixed7
+  answers["_thin"] = thin
   return answers
 
 
@@ -297,7 +321,8 @@ def test_signatures_in_fresh_process(served):
   assert served["inputs"]["serving_images"] == {"images": ("float32", [None, SIZE, SIZE, 3])}
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "png", "gray_png", "rgba_png", "gray_jpeg"])
+@pytest.mark.parametrize("kind", ["jpeg", "png", "gray_png", "rgba_png", "gray_jpeg", "odd_jpeg",
+                                  "thin_png"])
 def test_serving_default_matches_keras(served, exported, images, kind):
   out = served[f"bytes_{kind}"]
   _check_outputs(out, 1)
@@ -320,6 +345,47 @@ def test_serving_default_batch7_mixed_formats(served, exported):
   _check_outputs(out, 7)
   expected = _keras(exported["model"], np.stack([_reference_crop(b) for b in served["_mixed7"]]))
   np.testing.assert_allclose(out["probabilities"], expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["odd_jpeg", "thin_png", "png"])
+def test_serving_crops_are_evaluates(images, kind):
+  """The signatures' decode functions give exactly evaluate.py's crops (preprocess_for_eval);
+  they used to resize the whole image's shorter side to 256 first (up to 30 levels apart on
+  noise, and a 1xN image became 256 x 256N)."""
+  data = tf.constant(images[kind])
+  np.testing.assert_array_equal(export.decode_and_center_crop(data, SIZE),
+                                preprocessing.preprocess_for_eval(data, SIZE))
+  np.testing.assert_array_equal(export.decode_and_ten_crop(data, SIZE),
+                                preprocessing.preprocess_for_eval(data, SIZE, num_crops=10))
+
+
+def test_served_bytes_equal_evaluates_crops(served):
+  """Through the loaded SavedModel: serving_default(bytes) == serving_images(evaluate.py's crop
+  of the bytes), and the same for the ten crops."""
+  _check_outputs(served["eval_bytes"], 4)
+  np.testing.assert_allclose(served["eval_bytes"]["probabilities"],
+                             served["eval_images"]["probabilities"], atol=TOL, rtol=0)
+  _check_outputs(served["eval_ten_bytes"], 2)
+  ten = served["eval_ten_images"]["probabilities"].reshape(2, 10, 3).mean(1)
+  np.testing.assert_allclose(served["eval_ten_bytes"]["probabilities"], ten, atol=TOL, rtol=0)
+
+
+def test_thin_image_is_cheap(served, exported):
+  """A 1x20000 PNG (60 kB) is served: only its central 1x1 square is resized, to 256x256."""
+  out = served["thin_20000"]
+  _check_outputs(out, 1)
+  expected = _keras(exported["model"], _reference_crop(served["_thin"])[None])
+  np.testing.assert_allclose(out["probabilities"], expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("key", ["empty_batch_default", "empty_batch_ten_crop",
+                                 "empty_batch_images"])
+def test_empty_batch_gives_empty_outputs(served, key):
+  """An empty request answers empty outputs of the usual shapes (it was an InvalidArgumentError
+  from the grouped convolutions: "input depth must be evenly divisible by filter depth")."""
+  out = served[key]
+  assert isinstance(out, dict), out
+  _check_outputs(out, 0)
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -489,6 +555,55 @@ def test_keras_file_export_increments_version(exported, tmp_path):
   assert export.xla_must_compile_functions(new) == []
 
 
+def _imported_keras_file(model, path, class_names):
+  """A .keras file and the FILE.keras.json that alexnet_tf.tools.import_weights writes with it."""
+  model.save(path)
+  kwargs = dict(classes=3, towers=2, lrn="caffe", lrn_scope="across_towers",
+                initialization="caffe", mean=[123.0, 117.0, 104.0],
+                classifier_activation="softmax", input_shape=[SIZE, SIZE, 3])
+  description = dict(format=SIDECAR_FORMAT, source="x.onnx", file=os.path.basename(path),
+                     alexnet_kwargs=kwargs, input="227x227 RGB",
+                     source_input_channel_order="bgr", class_names=class_names)
+  with open(path + ".json", "w") as f:
+    json.dump(description, f, indent=2)
+  return kwargs
+
+
+def test_keras_file_export_reads_import_weights_description(exported, tmp_path):
+  """The class names and settings import_weights stores in FILE.keras.json reach the export
+  (labels.txt, top_k_labels, preprocessing.json); --labels still overrides the names."""
+  path = str(tmp_path / "imported.keras")
+  names = ["tabby", "Egyptian cat", "caf\u00e9"]
+  kwargs = _imported_keras_file(exported["model"], path, names)
+  new = export.export_keras_file(path, str(tmp_path / "serving"))
+  with open(os.path.join(new, "assets", "labels.txt"), encoding="utf-8") as f:
+    assert f.read().splitlines() == names
+  sm = saved_model_pb2.SavedModel.FromString(open(os.path.join(new, "saved_model.pb"),
+                                                  "rb").read())
+  assert "top_k_labels" in sm.meta_graphs[0].signature_def["serving_default"].outputs
+  with open(os.path.join(new, "assets", "preprocessing.json")) as f:
+    settings = json.load(f)
+  assert settings["model"] == dict(kwargs, image_size=SIZE)
+  assert settings["mean"] == [123.0, 117.0, 104.0] and settings["class_names"] == "labels.txt"
+  other = export.export_keras_file(path, str(tmp_path / "serving"), class_names=["a", "b", "c"])
+  with open(os.path.join(other, "assets", "labels.txt")) as f:
+    assert f.read().splitlines() == ["a", "b", "c"]
+
+
+def test_keras_file_bad_description(exported, tmp_path):
+  path = str(tmp_path / "imported.keras")
+  _imported_keras_file(exported["model"], path, ["a", "b"])
+  with pytest.raises(UserError, match=r"imported.keras.json' has 2 class names but --model "
+                                      r".* has 3 classes; pass --labels\."):
+    export.export_keras_file(path, str(tmp_path / "serving"))
+  with open(path + ".json", "w") as f:
+    f.write('{"format": "alexnet_tf.imported_weights/1", "class_names": ')
+  with pytest.raises(UserError, match=r"imported.keras.json' \(the description of --model .*\) "
+                                      r"is not readable JSON"):
+    export.export_keras_file(path, str(tmp_path / "serving"))
+  assert not os.path.exists(tmp_path / "serving") or os.listdir(tmp_path / "serving") == []
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -501,6 +616,8 @@ def test_cli_exports_next_version(exported):
   proc = _cli(f"--model_dir={exported['model_dir']}", f"--export_dir={exported['base']}",
               "--top_k=1", "--noten_crop")
   assert proc.returncode == 0, proc.stderr[-2000:]
+  # The temporary directory's path is nothing the user can use.
+  assert "Assets written to" not in proc.stderr and ".tmp-export-" not in proc.stderr
   versions = export.list_versions(exported["base"])
   assert versions[-1] > 1 and proc.stdout.strip().endswith(os.path.join(exported["base"],
                                                                         str(versions[-1])))
@@ -528,14 +645,32 @@ def test_cli_exports_next_version(exported):
                                                           "cannot load checkpoints"),
     (["--model_dir=BRACKETED", "--export_dir=EXPORT"], "--model_dir BRACKETED: TensorFlow "
                                                        "cannot load checkpoints"),
+    # A Latin-1 class list (was a UnicodeDecodeError traceback).
+    (["--model_dir=MODEL_DIR", "--export_dir=EXPORT", "--labels=LATIN1"],
+     "--labels 'LATIN1' is not UTF-8 text (byte 0xe9 at offset 3)"),
+    # An existing folder that even root cannot write in, said before the model is loaded (was
+    # a PermissionError traceback from tempfile.mkdtemp).
+    (["--model_dir=UNTRAINED", "--export_dir=/sys/kernel"], "--export_dir '/sys/kernel' "),
+    (["--model=KERAS", "--export_dir=EXPORT"], "is not readable JSON"),
 ])
 def test_cli_bad_flags_one_line(exported, tmp_path, args, message):
   untrained, bracketed = str(tmp_path / "untrained"), str(tmp_path / "run[1]")
   for model_dir in (untrained, bracketed):
     write_config(model_dir, {"model": default_model_config(classes=3), "class_names": None})
+  latin1, keras_file = str(tmp_path / "synset.txt"), str(tmp_path / "m.keras")
+  with open(latin1, "wb") as f:
+    f.write("caf\u00e9\nth\u00e9\nlait\n".encode("latin-1"))
+  with open(keras_file, "wb") as f:  # Its description is read (and refused) before the model.
+    f.write(b"PK")
+  with open(keras_file + ".json", "w") as f:
+    f.write("{not json")
+  if "/sys/kernel" in args[-1] and not os.path.isdir("/sys/kernel"):
+    pytest.skip("no /sys/kernel here")
   subst = {"MODEL_DIR": exported["model_dir"], "UNTRAINED": untrained, "BASE": exported["base"],
-           "EXPORT": str(tmp_path / "export"), "BRACKETED": bracketed}
-  message = message.replace("EXPORT", subst["EXPORT"]).replace("BRACKETED", bracketed)
+           "EXPORT": str(tmp_path / "export"), "BRACKETED": bracketed, "LATIN1": latin1,
+           "KERAS": keras_file}
+  for key, value in subst.items():
+    message = message.replace(key, value)
   for key, value in subst.items():
     args = [a.replace(key, value) for a in args]
   proc = _cli(*args)

@@ -396,3 +396,24 @@ def test_cli_bad_file(tmp_path):
       timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"))
   assert result.returncode == 1
   assert "error: --onnx" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_onnx_folder_is_named(tmp_path):
+  with pytest.raises(UserError, match=r"--onnx .* is a folder; give the \.onnx file"):
+    read_onnx_alexnet(str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux's /sys")
+def test_cli_unwritable_output_before_conversion(tmp_path):
+  """--output where even root cannot write (/sys) is one sentence, said before the ONNX file is
+  read (here a bad one, whose error would come first otherwise); it was a PermissionError
+  traceback after the conversion."""
+  bad = tmp_path / "bad.onnx"
+  bad.write_bytes(b"\x08\x07garbage" * 10)
+  result = subprocess.run(
+      [sys.executable, "-m", "alexnet_tf.tools.import_weights", f"--onnx={bad}",
+       "--output=/sys/kernel/alexnet_tf.keras"], cwd=REPO, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and "--output '/sys/kernel/alexnet_tf.keras'" in lines[0], lines

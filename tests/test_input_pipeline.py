@@ -366,6 +366,14 @@ def test_a_damaged_tfrecord_shard_is_named(image_folder, tmp_path):
   folder = datasets.load_source("folder", "train", root)
   assert str(ip.damaged_data_error(folder, e.value)).startswith(
       "a data file of --dataset=folder is damaged (truncated record at ")
+  # A shard rewritten with another compression: said so, not "damaged".
+  with tf.io.TFRecordWriter(damaged, tf.io.TFRecordOptions(compression_type="ZLIB")) as w:
+    w.write(b"any record")
+  expected = (f"TFRecord file {damaged} is ZLIB, but the split's first file is uncompressed: "
+              "write all files of a split with one compression")
+  with pytest.raises(UserError) as e:
+    ip.check_source(src, sample_size=None)
+  assert str(e.value) == expected
 
 
 @pytest.mark.parametrize("malformed, reason", [

@@ -201,10 +201,21 @@ def test_newest_unreadable_checkpoint_falls_back_to_previous(data, tmp_path):
   assert proc.returncode == 0, proc.stdout + proc.stderr
   newest = model_dir_lib.latest_checkpoint(model_dir)
   assert checkpoint_step(newest) == 2
-  for name in os.listdir(os.path.dirname(newest)):  # A lost data file (damaged disk).
-    if name.startswith("ckpt-2.data"):
-      os.remove(os.path.join(os.path.dirname(newest), name))
-  assert checkpoint_step(model_dir_lib.latest_checkpoint(model_dir)) == 1
+  data_file = [os.path.join(os.path.dirname(newest), name)
+               for name in os.listdir(os.path.dirname(newest)) if name.startswith("ckpt-2.data")]
+  # A data file cut short (a partial copy, a full disk): the resume stopped with IndexError's
+  # traceback ("Read less bytes than requested"); now it resumes from the one before.
+  assert len(data_file) == 1
+  os.truncate(data_file[0], os.path.getsize(data_file[0]) // 2)
+  previous = newest[:-1] + "1"
+  resumed = run(args_for(model_dir, data, "--checkpoint_steps=1000", "--max_steps=2"))
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert "Traceback" not in resumed.stderr
+  assert (f"Checkpoint {newest} cannot be read: a data file is cut short or damaged (Read less "
+          "bytes than requested); trying the one before it.") in resumed.stdout, resumed.stdout
+  assert f"Resumed from {previous}: step 1" in resumed.stdout
+  os.remove(data_file[0])  # A lost data file (damaged disk).
+  assert model_dir_lib.latest_checkpoint(model_dir) == previous
 
 
 def test_lost_worker_stops_the_other_then_the_job_resumes(data, tmp_path, worker_envs):

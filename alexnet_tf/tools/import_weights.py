@@ -7,7 +7,8 @@ Writes OUTPUT (`.keras`, a full model: `keras.models.load_model(OUTPUT)`; or
 `.weights.h5`, weights only) and OUTPUT.json (the `AlexNet(...)` kwargs, the
 source file and the class names), and prints the kwargs. The model takes
 227x227 RGB images in 0..255 and subtracts Caffe's mean itself. See
-`alexnet_tf/onnx_import.py` and docs/pretrained.md.
+`alexnet_tf/onnx_import.py` and docs/pretrained.md. `python -m alexnet_tf.export
+--model=OUTPUT.keras` reads the class names (and kwargs) from OUTPUT.json.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Sequence
 from absl import flags
 
 from alexnet_tf import flags as data_flags
-from alexnet_tf.errors import UserError, run_cli
+from alexnet_tf.errors import UserError, read_text_file, run_cli
 
 FLAGS = flags.FLAGS
 
@@ -37,12 +38,9 @@ flags.DEFINE_enum("input_channel_order", "bgr", ["bgr", "rgb"],
 
 
 def read_class_names(path: str) -> list[str]:
-  """One class name per non-empty line."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      return [line.strip() for line in f if line.strip()]
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"--classes {path!r} cannot be read ({e}).") from e
+  """One class name per non-empty line of a UTF-8 text file."""
+  return [line.strip() for line in read_text_file("--classes", path).split("\n")
+          if line.strip()]
 
 
 def parse_mean(values: Sequence[str] | None) -> list[float] | None:
