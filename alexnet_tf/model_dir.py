@@ -1,6 +1,7 @@
 """The model directory: what training writes and evaluation/export read.
 
-  MODEL_DIR/config.json        model kwargs, class names, preprocessing, dataset
+  MODEL_DIR/config.json        model kwargs, class names, preprocessing, dataset, training
+                               (batch size, epoch length, loss scaling: what a resume keeps)
   MODEL_DIR/mean_image.npy     optional per-pixel mean (when config says so)
   MODEL_DIR/checkpoints/ckpt-N tf.train.Checkpoint(model=..., optimizer=..., ...)
 
@@ -161,6 +162,18 @@ def _checkpoint_problem(prefix: str) -> str | None:
   return None
 
 
+# What reading a checkpoint whose data file is cut short or missing raises (TF raises IndexError,
+# "Read less bytes than requested", for a cut-short file).
+CHECKPOINT_READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError,
+                          tf.errors.OutOfRangeError, IndexError)
+
+
+def holds_checkpoint_files(directory: str) -> bool:
+  """Whether `directory` itself holds TF checkpoint files (a `checkpoint` index, *.index)."""
+  return (tf.io.gfile.exists(os.path.join(directory, "checkpoint"))
+          or bool(tf.io.gfile.glob(os.path.join(glob.escape(directory), "*.index"))))
+
+
 def _first_line(error: Exception) -> str:
   return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
@@ -263,9 +276,11 @@ def load_checkpoint_weights(model: keras.Model, checkpoint: str,
                     f"({model.count_params():,} parameters).") from e
   except ValueError as e:  # A variable of another shape: another architecture.
     raise UserError(f"checkpoint {checkpoint!r} does not match {of}: {_first_line(e)}") from e
-  except (tf.errors.OpError, IndexError) as e:  # IndexError: TF's "Read less bytes than requested".
+  except CHECKPOINT_READ_ERRORS as e:
     raise CheckpointReadError(f"checkpoint {checkpoint!r} cannot be read: a data file is cut "
                               f"short or damaged ({_first_line(e)})") from e
+  except tf.errors.OpError as e:
+    raise UserError(f"checkpoint {checkpoint!r} cannot be read: {_first_line(e)}") from e
 
 
 def _missing_weight(model: keras.Model, checkpoint: str) -> Any:

@@ -348,18 +348,19 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
   if steps_per_epoch < 1:
     raise UserError(f"--batch_size {config.batch_size} is larger than the {config.train_split} "
                     f"split ({train_source.num_examples} images).")
+  if config.steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
   model_config = dict(config.model, classes=train_source.num_classes)
   model_config["mean"], mean_image = _mean_to_subtract(config, model_config)
-  _prepare_model_dir(config, model_config, train_source, chief, mean_image)
+  _prepare_model_dir(config, model_config, train_source, chief, mean_image,
+                     _training_section(config, steps_per_epoch))
   if mean_image is not None and chief:
     log(f"Subtracting the per-pixel mean image {config.stats['mean_image']} "
         f"({mean_image.shape[0]}x{mean_image.shape[1]}; its central crop at the model's input).")
 
-  if config.steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+  # The schedule spans --epochs; --max_steps only stops early, so that a rerun with a larger one
+  # goes on along the same learning-rate curve.
   total_steps = steps_per_epoch * config.epochs
-  if config.max_steps:
-    total_steps = min(total_steps, config.max_steps)
   schedule = dataclasses.replace(
       config.schedule,
       base_lr=scaled_learning_rate(config.learning_rate, config.batch_size,
@@ -367,6 +368,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
       warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
       step_boundaries=tuple(int(e) * steps_per_epoch for e in config.lr_step_epochs),
       total_steps=total_steps)
+  if config.max_steps:
+    total_steps = min(total_steps, config.max_steps)
 
   if config.mixed_precision == "auto":
     native, reason = distribute.native_bfloat16()
@@ -437,9 +440,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
   step = start_step = int(state.global_step.numpy())
   with _Preemption() as preemption:
     for epoch in range(start_epoch, config.epochs):
-      if step >= total_steps:
-        break
       first = int(state.step_in_epoch.numpy())
+      # An epoch whose steps are all done but that was not validated (the run stopped during
+      # its validation) is validated now, even when no step is left.
+      if step >= total_steps and first < steps_per_epoch:
+        break
+      # The learning rate of the last step taken, for an epoch that has none left.
+      lr = learning_rate_at(schedule, max(step - 1, 0), float(state.plateau.scale.numpy()))
       iterator = iter(make_train_dataset(epoch, first))
       metrics.reset()
       epoch_start = time.perf_counter()
@@ -496,7 +503,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
       else:
         # The epoch ran to its end: validate, update the schedule, checkpoint.
         train_time = time.perf_counter() - epoch_start
-        m = metrics.result()
+        # No step of the epoch in this run (it stopped during validation): its training
+        # metrics were not kept, and are NaN (null in metrics.jsonl), not zeros.
+        m = metrics.result() if images_this_epoch else dict(loss=math.nan, top1=math.nan,
+                                                            top5=math.nan)
         try:
           val = evaluate_model(model, make_val_dataset(), strategy,
                                num_classes=model_config["classes"])
@@ -728,7 +738,9 @@ class _Saver:
     try:
       path = self.manager.save(checkpoint_number=step)
     except (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError,
-            tf.errors.FailedPreconditionError, OSError) as e:
+            tf.errors.FailedPreconditionError, tf.errors.NotFoundError, OSError) as e:
+      # NotFoundError: the checkpoint folder (or a file being written) removed meanwhile, e.g.
+      # by a second train.py on the same --model_dir.
       raise TrainingError(f"could not write a checkpoint at step {step} to "
                           f"{self.manager.directory} ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}); the previous checkpoint "
@@ -737,13 +749,52 @@ class _Saver:
     return path
 
 
+def _training_section(config: TrainConfig, steps_per_epoch: int) -> dict:
+  """config.json's record of what a resume must keep: the step count is in batches of this
+  size and epochs of this length (the schedule too), and float16's loss scaling adds variables
+  to the checkpoints."""
+  return dict(batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+              loss_scaling=config.mixed_precision == "float16")
+
+
+def check_same_training(existing: dict | None, new: dict, model_dir: str) -> None:
+  """A resume refused where it would count steps differently or not read the checkpoints
+  (model dirs written before config.json had a "training" section are not checked)."""
+  if not isinstance(existing, dict):
+    return
+  where = f"--model_dir {model_dir!r}"
+  if "batch_size" in existing and existing["batch_size"] != new["batch_size"]:
+    raise UserError(f"{where} was trained with --batch_size={existing['batch_size']}, but this "
+                    f"run asks for {new['batch_size']}: its steps, epochs and learning-rate "
+                    f"schedule count batches of {existing['batch_size']}; resume with "
+                    f"--batch_size={existing['batch_size']}, or use a new --model_dir.")
+  if "steps_per_epoch" in existing and existing["steps_per_epoch"] != new["steps_per_epoch"]:
+    raise UserError(f"{where} has epochs of {existing['steps_per_epoch']} steps, but this run's "
+                    f"have {new['steps_per_epoch']} (--steps_per_epoch, or the number of "
+                    "training images, changed); resume with the same, or use a new "
+                    "--model_dir.")
+  if "loss_scaling" in existing and existing["loss_scaling"] != new["loss_scaling"]:
+    was = "--mixed_precision=float16" if existing["loss_scaling"] else "no float16"
+    raise UserError(f"{where} was trained with {was}, and float16's loss scaling changes what "
+                    "a checkpoint holds; resume with "
+                    + ("--mixed_precision=float16" if existing["loss_scaling"] else
+                       "--mixed_precision=none, bfloat16 or auto")
+                    + ", or use a new --model_dir.")
+
+
 def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: bool,
-                       mean_image: np.ndarray | None) -> None:
+                       mean_image: np.ndarray | None, training: dict) -> None:
   existing = None
   if os.path.isfile(model_dir_lib.config_path(config.model_dir)):
     existing = model_dir_lib.read_config(config.model_dir)
     check_compatible(existing["model"], model_config, config.model_dir, mean_image)
     check_same_classes(existing.get("class_names"), source.class_names, config)
+    check_same_training(existing.get("training"), training, config.model_dir)
+  elif model_dir_lib.holds_checkpoint_files(config.model_dir):
+    raise UserError(f"--model_dir {config.model_dir!r} holds checkpoint files but no "
+                    f"{model_dir_lib.CONFIG_FILE}: is it a run's {model_dir_lib.CHECKPOINT_SUBDIR}"
+                    "/ folder? Pass the run's own folder (the one with config.json) to resume "
+                    "it, or a new --model_dir.")
   if not chief:
     return
   try:
@@ -758,7 +809,7 @@ def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: b
                      train_split=config.train_split, validation_split=config.validation_split),
         preprocessing=dict(resize_shorter_side=256, central_crop=256,
                            image_size=model_config["image_size"], mean=model_config["mean"]),
-        stats=config.stats))
+        stats=config.stats, training=training))
   except OSError as e:
     raise UserError(f"--model_dir {config.model_dir!r} is not writable ({e.strerror}).") from e
 
@@ -789,7 +840,8 @@ class _Writers:
     self.scalars("validation", step, loss=record["val_loss"], top1=record["val_top1"],
                  top5=record["val_top5"])
     with open(os.path.join(self.model_dir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v
+                          for k, v in record.items()}) + "\n")
 
   def close(self) -> None:
     if self.chief:
@@ -810,7 +862,7 @@ def _restore_newest(state: "_TrainState", model_dir: str, log: Callable[[str], N
     try:
       state.checkpoint.restore(path).assert_existing_objects_matched()
       return path
-    except (tf.errors.OpError, IndexError) as e:  # IndexError: "Read less bytes than requested".
+    except model_dir_lib.CHECKPOINT_READ_ERRORS as e:
       log(f"Checkpoint {path} cannot be read: a data file is cut short or damaged "
           f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}); trying the one "
           "before it.")

@@ -216,6 +216,28 @@ def test_newest_unreadable_checkpoint_falls_back_to_previous(data, tmp_path):
   assert f"Resumed from {previous}: step 1" in resumed.stdout
   os.remove(data_file[0])  # A lost data file (damaged disk).
   assert model_dir_lib.latest_checkpoint(model_dir) == previous
+  # A resume that would count steps otherwise, or not read the checkpoints, is refused: a larger
+  # batch "finished" the run at once, float16 made good checkpoints look damaged, and the
+  # checkpoints/ folder as --model_dir started a new run inside it.
+  for extra, message in [
+      (("--batch_size=2",), f"error: --model_dir {model_dir!r} was trained with --batch_size=4, "
+                            "but this run asks for 2: its steps, epochs and learning-rate "
+                            "schedule count batches of 4; resume with --batch_size=4, or use a "
+                            "new --model_dir."),
+      (("--steps_per_epoch=2",), f"error: --model_dir {model_dir!r} has epochs of 3 steps, but "
+                                 "this run's have 2"),
+      (("--mixed_precision=float16",), f"error: --model_dir {model_dir!r} was trained with no "
+                                       "float16, and float16's loss scaling changes what a "
+                                       "checkpoint holds; resume with --mixed_precision=none, "
+                                       "bfloat16 or auto, or use a new --model_dir.")]:
+    refused = run(args_for(model_dir, data, "--max_steps=3", *extra))
+    assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+  inside = os.path.join(model_dir, "checkpoints")
+  refused = run(args_for(inside, data, "--max_steps=3"))
+  assert refused.returncode == 1 and (
+      f"error: --model_dir {inside!r} holds checkpoint files but no config.json: is it a run's "
+      "checkpoints/ folder?") in refused.stderr, refused.stderr
+  assert not os.path.exists(os.path.join(inside, "config.json"))
 
 
 def test_lost_worker_stops_the_other_then_the_job_resumes(data, tmp_path, worker_envs):
@@ -330,6 +352,7 @@ def test_validation_files_broken_mid_run(tmp_path, strict):
   job = Spawned(args_for(model_dir, root, "--epochs=1", "--steps_per_epoch=10",
                          "--checkpoint_steps=5", *(["--strict_data"] if strict else [])))
   job.wait_for(r"^step 1/10")
+  originals = {path: open(path, "rb").read() for path in broken}
   for path in broken:
     _corrupt(path, "truncated")
   code = job.finish()
@@ -340,6 +363,23 @@ def test_validation_files_broken_mid_run(tmp_path, strict):
               "unreadable); check --data_dir")
   assert [line for line in out.splitlines() if line.startswith("error:")] == [expected], out
   assert checkpoint_step(model_dir_lib.latest_checkpoint(model_dir)) == 10
+  if strict:
+    return
+  # "A rerun only validates": with the files repaired it did not. The epoch's steps were all
+  # done, so the rerun said "finished its 0 epochs" without validating (--epochs=1), or failed
+  # with UnboundLocalError ('lr') when epochs were left (as after a kill during validation).
+  for path, data in originals.items():
+    open(path, "wb").write(data)
+  rerun = run(args_for(model_dir, root, "--epochs=2", "--steps_per_epoch=10", "--max_steps=11",
+                       "--checkpoint_steps=5"))
+  assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stdout + rerun.stderr
+  lines = rerun.stdout.splitlines()
+  epoch_line = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/2"))
+  assert lines[epoch_line + 1].startswith("step 11/11"), rerun.stdout
+  records = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+  assert [(r["epoch"], r["step"]) for r in records] == [(1, 10)]
+  assert records[0]["learning_rate"] == pytest.approx(0.005)
+  assert records[0]["loss"] is None and records[0]["val_top1"] is not None
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])

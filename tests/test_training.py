@@ -203,11 +203,14 @@ def test_multi_worker_two_processes_on_localhost(tiny_data, tmp_path, worker_env
 # ----------------------------------------------------------------------------------------------
 
 def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tiny_data, tmp_path):
-  """Stopped after 2 steps and rerun: same final weights and momentum as 4 steps in one go."""
+  """Stopped after 2 steps and rerun: same final weights and momentum as 4 steps in one go.
+
+  With a cosine schedule: --max_steps only stops the run (it used to be the schedule's end, so
+  the stopped run decayed to 0 at step 2 and the rerun followed another curve)."""
   # "run*" also matched run-straight's checkpoint files, and a rerun started over.
   straight, resumed = str(tmp_path / "run-straight"), str(tmp_path / "run*")
   common = ("--batch_size=4", "--steps_per_epoch=2", "--epochs=2", "--checkpoint_steps=1",
-            "--deterministic", "--validation_steps=1")
+            "--deterministic", "--validation_steps=1", "--lr_schedule=cosine")
   run(train_args(straight, tiny_data, *common))
   run(train_args(resumed, tiny_data, *common, "--max_steps=2"))
   second = run(train_args(resumed, tiny_data, *common)).stdout
