@@ -131,6 +131,18 @@ def validate_config(config: TrainConfig) -> None:
   if config.schedule.name not in SCHEDULES:
     raise UserError(f"--lr_schedule must be one of {', '.join(SCHEDULES)}; "
                     f"got {config.schedule.name!r}.")
+  if config.schedule.name == "step" and (
+      not config.lr_step_epochs or any(e < 1 for e in config.lr_step_epochs)):
+    raise UserError("--lr_step_epochs must list the epochs (1 or more) at which "
+                    "--lr_schedule=step divides the learning rate by 10; got "
+                    f"{','.join(map(str, config.lr_step_epochs)) or 'none'}.")
+  if config.schedule.name == "plateau" and config.schedule.plateau_patience < 1:
+    raise UserError("--plateau_patience must be at least 1 epoch; got "
+                    f"{config.schedule.plateau_patience!r}.")
+  if config.warmup_epochs > config.epochs:
+    raise UserError(f"--warmup_epochs={config.warmup_epochs:g} is longer than the run "
+                    f"(--epochs={config.epochs}); the learning rate would never reach "
+                    "--learning_rate.")
   if config.mixed_precision not in MIXED_PRECISION:
     raise UserError(f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}; "
                     f"got {config.mixed_precision!r}.")
@@ -139,6 +151,9 @@ def validate_config(config: TrainConfig) -> None:
                     f"got {config.strategy!r}.")
   if config.cpu_replicas > 1 and config.strategy not in ("mirrored",):
     raise UserError("--cpu_replicas > 1 needs --strategy=mirrored.")
+  if config.all_reduce != "auto" and config.strategy not in ("mirrored", "multi_worker"):
+    raise UserError(f"--all_reduce={config.all_reduce} applies to --strategy=mirrored or "
+                    f"multi_worker, not {config.strategy} (one replica: nothing to reduce).")
   if config.strategy == "multi_worker" and distribute.tf_config() is None:
     raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "
                     "(cluster and task).")
@@ -181,9 +196,17 @@ def check_compatible(existing: dict, new: dict, model_dir: str,
   where `new` subtracts one."""
   for key in model_dir_lib.ARCHITECTURE_KEYS:
     if key in existing and existing.get(key) != new.get(key):
+      if key == "classes":
+        source = "the number of classes in the training data"
+      elif key == "input_scale":  # Rarely given: it comes with the dataset's preset.
+        source = (f"--input_scale={existing.get(key)!r} resumes it; when not given, it comes "
+                  "from the dataset's preset: 1/58 for --dataset=shapes, 1 for the others")
+      else:
+        source = f"--{key}"
       raise UserError(
           f"--model_dir {model_dir!r} holds a model with {key}={existing.get(key)!r}, but this "
-          f"run asks for {key}={new.get(key)!r}; use a new --model_dir or the same settings.")
+          f"run asks for {key}={new.get(key)!r} ({source}); use a new --model_dir or the same "
+          "settings.")
   if "mean" not in existing:
     return
   this_run = _describe_mean(new)
@@ -548,17 +571,24 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
     if step > 0 and manager.last_saved_step != step:
       manager.save(step)  # The step cap ended the run mid-epoch.
   epochs_done = int(state.epoch.numpy())
+  nothing_trained = bool(restored) and step == start_step and epochs_done == start_epoch
   if config.max_steps and epochs_done < config.epochs and step >= config.max_steps:
     log(f"Stopped at step {step} (--max_steps={config.max_steps}), {epochs_done} of "
         f"{config.epochs} epochs done; rerun with a larger --max_steps to go on.")
-  elif restored and step == start_step and epochs_done == start_epoch:
+  elif nothing_trained:
     log(f"Nothing left to train: {config.model_dir} has finished its {epochs_done} epochs "
         f"(--epochs={config.epochs}).")
 
   writer.close()
   export_path = None
   if config.export_dir and chief:
-    export_path = _export(config, model_config, train_source, log)
+    from alexnet_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+    versions = export_lib.list_versions(config.export_dir) if nothing_trained else []
+    if versions:  # Each rerun of a finished run wrote another identical ~230 MB copy.
+      log(f"Not exported again: {config.export_dir} already holds version {max(versions)}; "
+          "python -m alexnet_tf.export exports the model dir anew.")
+    else:
+      export_path = _export(config, model_config, train_source, log)
   _cleanup_worker_dir(config, chief)
   return TrainResult(global_step=int(state.global_step.numpy()),
                      epochs_completed=int(state.epoch.numpy()), history=history,
@@ -790,6 +820,11 @@ def _prepare_model_dir(config: TrainConfig, model_config: dict, source, chief: b
     check_compatible(existing["model"], model_config, config.model_dir, mean_image)
     check_same_classes(existing.get("class_names"), source.class_names, config)
     check_same_training(existing.get("training"), training, config.model_dir)
+    if ("initialization" in existing["model"]
+        and model_dir_lib.latest_checkpoint(config.model_dir)):
+      # How the weights were initialised is history once they are restored: config.json
+      # keeps the run's, not this command's --initialization.
+      model_config["initialization"] = existing["model"]["initialization"]
   elif model_dir_lib.holds_checkpoint_files(config.model_dir):
     raise UserError(f"--model_dir {config.model_dir!r} holds checkpoint files but no "
                     f"{model_dir_lib.CONFIG_FILE}: is it a run's {model_dir_lib.CHECKPOINT_SUBDIR}"
@@ -835,8 +870,9 @@ class _Writers:
     if not self.chief:
       return
     step = record["step"]
+    # epoch_images_per_sec: the step lines' images_per_sec is a window's rate, at the same step.
     self.scalars("train", step, epoch_loss=record["loss"], epoch_top1=record["top1"],
-                 epoch_top5=record["top5"], images_per_sec=record["images_per_sec"])
+                 epoch_top5=record["top5"], epoch_images_per_sec=record["images_per_sec"])
     self.scalars("validation", step, loss=record["val_loss"], top1=record["val_top1"],
                  top5=record["val_top5"])
     with open(os.path.join(self.model_dir, "metrics.jsonl"), "a") as f:

@@ -232,6 +232,10 @@ def test_newest_unreadable_checkpoint_falls_back_to_previous(data, tmp_path):
                                        "bfloat16 or auto, or use a new --model_dir.")]:
     refused = run(args_for(model_dir, data, "--max_steps=3", *extra))
     assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+  # A resume records the run's --initialization, not this command's (which changed nothing).
+  resumed = run(args_for(model_dir, data, "--max_steps=3", "--initialization=he"))
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert model_dir_lib.read_config(model_dir)["model"]["initialization"] == "paper"
   inside = os.path.join(model_dir, "checkpoints")
   refused = run(args_for(inside, data, "--max_steps=3"))
   assert refused.returncode == 1 and (

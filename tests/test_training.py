@@ -323,6 +323,27 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
   assert "Resumed from" in out and "step 6" in out, out
   assert "epoch 3/3" in out and "epoch 1/3" not in out, out
   assert os.path.isfile(tmp_path / "exports" / "1" / "saved_model.pb")
+  # Once more, with nothing left to train: no second, identical export (each rerun wrote one).
+  out = run(args + ["--epochs=3", "--export_dir=exports"], cwd=tmp_path).stdout
+  assert "Nothing left to train: run has finished its 3 epochs (--epochs=3)." in out, out
+  assert ("Not exported again: exports already holds version 1; python -m alexnet_tf.export "
+          "exports the model dir anew.") in out, out
+  assert sorted(os.listdir(tmp_path / "exports")) == ["1"]
+
+
+def test_resume_refusals_say_where_the_setting_comes_from():
+  """A shapes run resumed on --dataset=folder was told "this run asks for input_scale=1.0",
+  which the user never passed: it comes with the dataset's preset."""
+  from alexnet_tf import training  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError) as e:
+    training.check_compatible({"input_scale": 1 / 58}, {"input_scale": 1.0}, "run")
+  assert str(e.value) == (
+      f"--model_dir 'run' holds a model with input_scale={1 / 58!r}, but this run asks for "
+      f"input_scale=1.0 (--input_scale={1 / 58!r} resumes it; when not given, it comes from "
+      "the dataset's preset: 1/58 for --dataset=shapes, 1 for the others); use a new "
+      "--model_dir or the same settings.")
+  with pytest.raises(UserError, match=r"asks for towers=1 \(--towers\);"):
+    training.check_compatible({"towers": 2}, {"towers": 1}, "run")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -342,6 +363,15 @@ def test_train_py_mirrored_end_to_end(tmp_path, shapes_root):
     (["--export_dir=exports[2]"], "--export_dir exports[2] ("),
     (["--stats_mean=image"], "--stats_mean=image needs --stats=FILE"),
     (["--batch_size=64"], "--batch_size 64 is larger than the train split (8 images)."),
+    # Accepted before: a negative epoch divided the learning rate from step 0, an empty list
+    # made the step schedule constant, a negative patience cut it every epoch, and nccl was
+    # ignored with one replica.
+    (["--lr_schedule=step", "--lr_step_epochs=-5"], "--lr_step_epochs must list the epochs"),
+    (["--lr_schedule=step", "--lr_step_epochs="], "--lr_step_epochs must list the epochs"),
+    (["--lr_schedule=plateau", "--plateau_patience=-1"], "--plateau_patience must be at least"),
+    (["--warmup_epochs=100", "--epochs=1"], "--warmup_epochs=100 is longer than the run"),
+    (["--strategy=one_device", "--all_reduce=nccl"], "--all_reduce=nccl applies to "
+                                                     "--strategy=mirrored or multi_worker"),
 ])
 def test_bad_flags_fail_with_one_line(args, message, tmp_path, tiny_data):
   base = [TRAIN_PY, f"--model_dir={tmp_path / 'run'}", "--dataset=folder",
