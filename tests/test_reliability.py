@@ -175,7 +175,9 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(data, tmp_pa
   while writing is None and job.proc.poll() is None and time.monotonic() < deadline:
     if os.path.isdir(ckpt_dir):
       temps = [n for n in os.listdir(ckpt_dir) if "_temp" in n]
-      if temps and model_dir_lib.latest_checkpoint(model_dir):
+      # The `checkpoint` index, not latest_checkpoint: without an index, that lists the ckpt-N
+      # files, and the first checkpoint's are complete before its temporary files are gone.
+      if temps and os.path.isfile(os.path.join(ckpt_dir, "checkpoint")):
         writing = temps[0]
         job.proc.send_signal(signal.SIGKILL)
         break
