@@ -18,6 +18,12 @@ class UserError(ValueError):
   """A mistake in the user's flags, files or data, worded for the user."""
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+  """The first line of an exception's message (its type's name when it has none), for a
+  one-sentence error: TF's messages run to many lines of graph context."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 def check_writable_dir(name: str, path: str) -> None:
   """UserError unless `path` is a folder, or one can be created there, that we may write in.
 

@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_file, log_line
+from alexnet_tf.errors import (UserError, check_tf_can_read_back, check_writable_file,
+                               first_line, log_line)
 from alexnet_tf.files import write_whole
 
 TOP_K = 5
@@ -289,8 +290,7 @@ class SavedModelClassifier:
     try:
       self._loaded = tf.saved_model.load(self.path)
     except Exception as e:  # pylint: disable=broad-except
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-      raise UserError(f"SavedModel {self.path!r} cannot be loaded: {first}") from e
+      raise UserError(f"SavedModel {self.path!r} cannot be loaded: {first_line(e)}") from e
     signatures = self._loaded.signatures
     if export.SIGNATURE_IMAGES not in signatures:
       raise UserError(f"SavedModel {self.path!r} has no {export.SIGNATURE_IMAGES!r} signature "
@@ -413,8 +413,7 @@ def load_model(path: str, kind: str | None = None, checkpoint: str | None = None
     try:
       model = keras.models.load_model(path, compile=False)
     except Exception as e:  # pylint: disable=broad-except
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-      raise UserError(f"--model {path!r} cannot be loaded: {first}") from e
+      raise UserError(f"--model {path!r} cannot be loaded: {first_line(e)}") from e
     shape = model.input_shape
     if (not isinstance(shape, tuple) or len(shape) != 4 or shape[1] is None
         or len(model.output_shape) != 2):
@@ -685,10 +684,9 @@ class _Progress:
       self.last = now
 
 
-# What begins each output file evaluate.py writes: an existing file that does not is someone
-# else's (a config.json, an image), and is not overwritten.
-_OUTPUT_STARTS = {"--output_json": "{", "--per_class_csv": "class,name,images,",
-                  "--confusion_csv": "true \\ predicted,"}
+# The header each CSV file evaluate.py writes starts with: an existing file that does not is
+# someone else's (a config.json, an image), and is not overwritten.
+_CSV_STARTS = {"--per_class_csv": "class,name,images,", "--confusion_csv": "true \\ predicted,"}
 
 
 def _check_outputs(config: EvalConfig) -> None:
@@ -715,22 +713,19 @@ def _check_outputs(config: EvalConfig) -> None:
 
 
 def _written_by_evaluate(path: str, flag: str) -> bool:
-  """Whether the file at `path` is empty or starts the way evaluate.py's `flag` output does."""
+  """Whether the file at `path` is empty, or is what evaluate.py's `flag` writes: a result JSON,
+  or a CSV with its header."""
   try:
-    with open(path, "rb") as f:
-      start = f.read(len(_OUTPUT_STARTS[flag]) + 3)
-  except OSError:
-    return False
-  if not start:
-    return True
-  if flag == "--output_json":
-    try:
-      with open(path, encoding="utf-8") as f:
+    if os.path.getsize(path) == 0:
+      return True
+    with open(path, encoding="utf-8", errors="replace") as f:
+      if flag == "--output_json":
         previous = json.load(f)
-    except (OSError, ValueError):
-      return False
-    return isinstance(previous, dict) and {"top1_accuracy", "options"} <= set(previous)
-  return start.decode("utf-8", "replace").lstrip("\ufeff").startswith(_OUTPUT_STARTS[flag])
+        return isinstance(previous, dict) and {"top1_accuracy", "options"} <= set(previous)
+      start = _CSV_STARTS[flag]
+      return f.read(len(start) + 1).lstrip("\ufeff").startswith(start)
+  except (OSError, ValueError):
+    return False
 
 
 # ----------------------------------------------------------------------------- reports

@@ -59,9 +59,10 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import layers, preprocessing
-from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_dir, read_text_file
+from alexnet_tf.errors import (UserError, check_tf_can_read_back, check_writable_dir, first_line,
+                               read_text_file)
 from alexnet_tf.model import SUPPORTED_IMAGE_SIZES
-from alexnet_tf.onnx_import import SIDECAR_FORMAT, sidecar_path
+from alexnet_tf.onnx_import import read_description, sidecar_path
 
 DEFAULT_TOP_K = 5
 SIGNATURE_BYTES = "serving_default"
@@ -552,38 +553,6 @@ def export_model_dir(model_dir: str, export_base: str, *, checkpoint: str | None
                             ten_crop=ten_crop, model_config=config["model"])
 
 
-def read_keras_description(path: str) -> dict[str, Any] | None:
-  """The description `alexnet_tf.tools.import_weights` wrote beside FILE.keras (FILE.keras.json):
-  {"class_names": [...] or None, "model": the AlexNet kwargs or None}; None when there is none.
-
-  A JSON file of another kind (no "alexnet_tf.imported_weights/" format) is not ours and is
-  left alone; one of ours that cannot be read is a UserError.
-  """
-  side = sidecar_path(path)
-  if not os.path.isfile(side):
-    return None
-  try:
-    with open(side, encoding="utf-8") as f:
-      description = json.load(f)
-  except (OSError, UnicodeDecodeError, ValueError) as e:
-    raise UserError(f"{side!r} (the description of --model {path!r}) is not readable JSON "
-                    f"({e}); fix it or remove it.") from e
-  family = SIDECAR_FORMAT.split("/")[0] + "/"
-  if not (isinstance(description, dict)
-          and str(description.get("format", "")).startswith(family)):
-    return None
-  names = description.get("class_names")
-  if names is not None and not (isinstance(names, list)
-                                and all(isinstance(n, str) for n in names)):
-    raise UserError(f"{side!r}: \"class_names\" must be a list of strings; fix it or pass "
-                    "--labels.")
-  kwargs = description.get("alexnet_kwargs")
-  if kwargs is not None and not isinstance(kwargs, dict):
-    raise UserError(f"{side!r}: \"alexnet_kwargs\" must be a JSON object; fix it or remove "
-                    "the file.")
-  return {"class_names": names, "model": kwargs}
-
-
 def export_keras_file(path: str, export_base: str, *, version: int | None = None,
                       top_k: int = DEFAULT_TOP_K, class_names: list[str] | None = None,
                       ten_crop: bool = True) -> str:
@@ -598,12 +567,11 @@ def export_keras_file(path: str, export_base: str, *, version: int | None = None
   if not path.endswith(".keras"):
     raise UserError(f"--model {path!r} must be a .keras file saved with model.save(); for a "
                     "training directory use --model_dir.")
-  description = read_keras_description(path) or {"class_names": None, "model": None}
+  description = read_description(path) or {"class_names": None, "model": None}
   try:
     model = keras.models.load_model(path, compile=False)
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    raise UserError(f"--model {path!r} cannot be loaded: {first}") from e
+    raise UserError(f"--model {path!r} cannot be loaded: {first_line(e)}") from e
   model_config = description["model"]
   if model_config is not None:
     model_config = dict(model_config)

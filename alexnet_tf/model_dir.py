@@ -25,7 +25,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import flags as data_flags
-from alexnet_tf.errors import UserError, check_tf_can_read_back
+from alexnet_tf.errors import UserError, check_tf_can_read_back, first_line
 from alexnet_tf.files import write_whole
 from alexnet_tf.model import AlexNet
 
@@ -152,7 +152,7 @@ def _checkpoint_problem(prefix: str) -> str | None:
   try:
     tf.train.load_checkpoint(prefix)
   except (tf.errors.OpError, ValueError) as e:
-    return f"its index {prefix}.index does not read ({_first_line(e)})"
+    return f"its index {prefix}.index does not read ({first_line(e)})"
   # Escaped: with --model_dir=run* the pattern also counted run-a's shards, the count came out
   # wrong, and a rerun started over instead of resuming.
   shards = tf.io.gfile.glob(glob.escape(prefix) + ".data-*-of-*")
@@ -172,10 +172,6 @@ def holds_checkpoint_files(directory: str) -> bool:
   """Whether `directory` itself holds TF checkpoint files (a `checkpoint` index, *.index)."""
   return (tf.io.gfile.exists(os.path.join(directory, "checkpoint"))
           or bool(tf.io.gfile.glob(os.path.join(glob.escape(directory), "*.index"))))
-
-
-def _first_line(error: Exception) -> str:
-  return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def remove_incomplete_checkpoints(model_dir: str) -> list[str]:
@@ -230,7 +226,7 @@ def restore_checkpoint(model_dir: str, checkpoint: str | None = None, *,
     raise
   except (TypeError, ValueError) as e:  # An edited or foreign config.json.
     raise UserError(f"{config_path(model_dir)}: its 'model' section does not describe an "
-                    f"AlexNet ({_first_line(e).rstrip('.')}).") from e
+                    f"AlexNet ({first_line(e).rstrip('.')}).") from e
   for path, before in zip(candidates, candidates[1:]):
     try:
       load_checkpoint_weights(model, path, config_path(model_dir))
@@ -275,12 +271,12 @@ def load_checkpoint_weights(model: keras.Model, checkpoint: str,
     raise UserError(f"checkpoint {checkpoint!r} is not a checkpoint of this model "
                     f"({model.count_params():,} parameters).") from e
   except ValueError as e:  # A variable of another shape: another architecture.
-    raise UserError(f"checkpoint {checkpoint!r} does not match {of}: {_first_line(e)}") from e
+    raise UserError(f"checkpoint {checkpoint!r} does not match {of}: {first_line(e)}") from e
   except CHECKPOINT_READ_ERRORS as e:
     raise CheckpointReadError(f"checkpoint {checkpoint!r} cannot be read: a data file is cut "
-                              f"short or damaged ({_first_line(e)})") from e
+                              f"short or damaged ({first_line(e)})") from e
   except tf.errors.OpError as e:
-    raise UserError(f"checkpoint {checkpoint!r} cannot be read: {_first_line(e)}") from e
+    raise UserError(f"checkpoint {checkpoint!r} cannot be read: {first_line(e)}") from e
 
 
 def _missing_weight(model: keras.Model, checkpoint: str) -> Any:

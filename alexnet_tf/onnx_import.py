@@ -594,6 +594,39 @@ def import_onnx_weights(onnx_path: str, output: str, class_names: Sequence[str] 
   return description
 
 
+def read_description(path: str) -> dict[str, Any] | None:
+  """The description `import_onnx_weights` wrote beside FILE.keras (FILE.keras.json):
+  {"class_names": [...] or None, "model": the AlexNet kwargs or None}; None when there is none.
+
+  A JSON file of another kind (no "alexnet_tf.imported_weights/" format) is not ours and is
+  left alone; one of ours that cannot be read is a UserError. For `alexnet_tf.export
+  --model=FILE.keras`, whose flags the messages name.
+  """
+  side = sidecar_path(path)
+  if not os.path.isfile(side):
+    return None
+  try:
+    with open(side, encoding="utf-8") as f:
+      description = json.load(f)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise UserError(f"{side!r} (the description of --model {path!r}) is not readable JSON "
+                    f"({e}); fix it or remove it.") from e
+  family = SIDECAR_FORMAT.split("/")[0] + "/"
+  if not (isinstance(description, dict)
+          and str(description.get("format", "")).startswith(family)):
+    return None
+  names = description.get("class_names")
+  if names is not None and not (isinstance(names, list)
+                                and all(isinstance(n, str) for n in names)):
+    raise UserError(f"{side!r}: \"class_names\" must be a list of strings; fix it or pass "
+                    "--labels.")
+  kwargs = description.get("alexnet_kwargs")
+  if kwargs is not None and not isinstance(kwargs, dict):
+    raise UserError(f"{side!r}: \"alexnet_kwargs\" must be a JSON object; fix it or remove "
+                    "the file.")
+  return {"class_names": names, "model": kwargs}
+
+
 def load_imported(path: str) -> Any:
   """Loads an `import_onnx_weights` output: a `.keras` file, or a `.weights.h5`
   file with its OUTPUT.json (the `AlexNet` kwargs)."""

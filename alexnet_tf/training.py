@@ -34,7 +34,8 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import distribute, flags as data_flags, model_dir as model_dir_lib, preprocessing
-from alexnet_tf.errors import UserError, check_tf_can_read_back, check_writable_dir, log_line
+from alexnet_tf.errors import (UserError, check_tf_can_read_back, check_writable_dir, first_line,
+                               log_line)
 from alexnet_tf.evaluation import evaluate_model, top_k
 from alexnet_tf.files import write_whole
 from alexnet_tf.optimization import (PaperSGD, PlateauState, ScheduleConfig, SCHEDULES,
@@ -582,13 +583,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = log_line) -> TrainRe
   writer.close()
   export_path = None
   if config.export_dir and chief:
-    from alexnet_tf import export as export_lib  # pylint: disable=g-import-not-at-top
-    versions = export_lib.list_versions(config.export_dir) if nothing_trained else []
-    if versions:  # Each rerun of a finished run wrote another identical ~230 MB copy.
-      log(f"Not exported again: {config.export_dir} already holds version {max(versions)}; "
-          "python -m alexnet_tf.export exports the model dir anew.")
-    else:
-      export_path = _export(config, model_config, train_source, log)
+    export_path = _export(config, model_config, log, nothing_trained)
   _cleanup_worker_dir(config, chief)
   return TrainResult(global_step=int(state.global_step.numpy()),
                      epochs_completed=int(state.epoch.numpy()), history=history,
@@ -900,7 +895,7 @@ def _restore_newest(state: "_TrainState", model_dir: str, log: Callable[[str], N
       return path
     except model_dir_lib.CHECKPOINT_READ_ERRORS as e:
       log(f"Checkpoint {path} cannot be read: a data file is cut short or damaged "
-          f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}); trying the one "
+          f"({first_line(e, 200)}); trying the one "
           "before it.")
   if candidates:
     raise UserError(f"no checkpoint of --model_dir {model_dir!r} can be read; restore its "
@@ -921,8 +916,13 @@ def _fmt_time(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _export(config: TrainConfig, model_config: dict, source, log) -> str | None:
+def _export(config: TrainConfig, model_config: dict, log, nothing_trained: bool) -> str | None:
   from alexnet_tf import export as export_lib
+  versions = export_lib.list_versions(config.export_dir) if nothing_trained else []
+  if versions:  # Each rerun of a finished run wrote another identical ~230 MB copy.
+    log(f"Not exported again: {config.export_dir} already holds version {max(versions)}; "
+        "python -m alexnet_tf.export exports the model dir anew.")
+    return None
   model, cfg = model_dir_lib.restore_model(config.model_dir)
   path = export_lib.export_saved_model(model, config.export_dir,
                                        class_names=cfg.get("class_names"),
